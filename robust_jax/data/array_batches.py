@@ -1,0 +1,63 @@
+"""Shuffled mini-batches from arrays held in memory, with a position that can be saved and restored.
+
+The order is a pure function of (seed, epoch): epoch e uses the permutation drawn from `np.random.default_rng
+([seed, e])`, and each global batch is the next `batch_size` indices of it (a final partial batch of an epoch is
+dropped). Process p of P feeds rows [p*B/P, (p+1)*B/P) of every global batch, so the global batch, and therefore the
+training run, is the same for any number of processes. The state is just (epoch, offset).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ArrayBatches:
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        *,
+        batch_size: int,
+        seed: int,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        sizes = {name: len(a) for name, a in arrays.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"arrays must have the same length, got {sizes}")
+        self.size = next(iter(sizes.values()))
+        if not 1 <= batch_size <= self.size:
+            raise ValueError(f"batch_size={batch_size} must be between 1 and the dataset size ({self.size})")
+        if batch_size % process_count:
+            raise ValueError(f"batch_size={batch_size} must be divisible by the process count ({process_count})")
+        self.arrays = arrays
+        self.batch_size = batch_size
+        self.seed = seed
+        self._local = batch_size // process_count
+        self._local_start = process_index * self._local
+        self.epoch = 0
+        self.offset = 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.offset + self.batch_size > self.size:
+            self.epoch += 1
+            self.offset = 0
+            self._order = self._permutation(self.epoch)
+        start = self.offset + self._local_start
+        rows = self._order[start : start + self._local]
+        self.offset += self.batch_size
+        return {name: array[rows] for name, array in self.arrays.items()}
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def set_state(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.offset = int(state["offset"])
+        self._order = self._permutation(self.epoch)

@@ -1,0 +1,37 @@
+"""Randomized smoothing (Cohen et al. 2019): PREDICT/CERTIFY, dataset certification and certified-accuracy reports."""
+
+from robust_jax.smoothing.certify import ABSTAIN, certify, lower_confidence_bound, predict, sample_counts
+from robust_jax.smoothing.dataset import (
+    certification_path,
+    certify_dataset,
+    load_certification_results,
+    read_certification_log,
+)
+from robust_jax.smoothing.report import (
+    CertificationResults,
+    accuracy_table,
+    certified_accuracy,
+    markdown_table,
+    plot_certified_accuracy,
+    write_csv,
+    write_report,
+)
+
+__all__ = [
+    "ABSTAIN",
+    "CertificationResults",
+    "accuracy_table",
+    "certification_path",
+    "certified_accuracy",
+    "certify",
+    "certify_dataset",
+    "load_certification_results",
+    "lower_confidence_bound",
+    "markdown_table",
+    "plot_certified_accuracy",
+    "predict",
+    "read_certification_log",
+    "sample_counts",
+    "write_csv",
+    "write_report",
+]

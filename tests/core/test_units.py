@@ -1,0 +1,89 @@
+"""Small parts of the core: config checks, the batch iterator's position, metrics files, progress lines."""
+
+import json
+
+import numpy as np
+import pytest
+
+from robust_jax.core import config_checks as checks
+from robust_jax.core.config_loading import check_arguments
+from robust_jax.core.metrics import MetricsWriter
+from robust_jax.core.progress import Progress
+from robust_jax.data.array_batches import ArrayBatches
+
+
+@pytest.mark.parametrize(
+    "call,pattern",
+    [
+        (lambda: checks.check_int("batch_size", 0, minimum=1), r"config\.batch_size=0 is not allowed: must be >= 1"),
+        (lambda: checks.check_int("steps", 2.5), r"config\.steps=2\.5 .*integer"),
+        (lambda: checks.check_int("steps", True), r"config\.steps=True .*integer"),
+        (lambda: checks.check_float("lr", -1.0, positive=True), r"config\.lr=-1\.0 .*> 0"),
+        (lambda: checks.check_float("lr", float("nan"), positive=True), r"config\.lr=nan .*finite"),
+        (lambda: checks.check_float("p", 1.0, below=1.0), r"config\.p=1\.0 .*< 1\.0"),
+        (lambda: checks.check_choice("model", "x", ["a", "b"]), r"config\.model='x' .*\['a', 'b'\]"),
+        (lambda: checks.check_divisible("batch_size", 12, 8, "the device count"), r"divisible by the device count \(8\)"),
+    ],
+)
+def test_checks_name_field_value_and_rule(call, pattern):
+    with pytest.raises(checks.ConfigError, match=pattern):
+        call()
+
+
+def test_checks_accept_good_values():
+    assert checks.check_int("n", 3, minimum=1, maximum=3) == 3
+    assert checks.check_float("lr", 1, positive=True) == 1.0
+    assert checks.check_choice("m", "a", ["a"]) == "a"
+
+
+def test_override_checks():
+    base = ["main", "--config=experiments/configs/digits.py:tiny"]
+    check_arguments([*base, "--config.batch_size=16", "--config.learning_rate=1e-2", "--config.features=(4,8)"])
+    with pytest.raises(checks.ConfigError, match=r"config\.learning_rate='fast' .*expected float"):
+        check_arguments([*base, "--config.learning_rate=fast"])
+    with pytest.raises(checks.ConfigError, match=r"no field 'depth'"):
+        check_arguments([*base, "--config.depth=3"])
+
+
+def test_array_batches_resume_and_process_split():
+    arrays = {"x": np.arange(50), "y": np.arange(50) * 10}
+    whole = ArrayBatches(arrays, batch_size=8, seed=3)
+    reference = [next(whole)["x"] for _ in range(20)]
+    # Every epoch is a permutation; the partial batch at the end of an epoch is dropped.
+    epoch0 = np.concatenate(reference[:6])
+    assert len(set(epoch0.tolist())) == 48
+    resumed = ArrayBatches(arrays, batch_size=8, seed=3)
+    for _ in range(7):
+        next(resumed)
+    state = json.loads(json.dumps(resumed.get_state()))
+    fresh = ArrayBatches(arrays, batch_size=8, seed=3)
+    fresh.set_state(state)
+    for expected in reference[7:]:
+        np.testing.assert_array_equal(next(fresh)["x"], expected)
+    halves = [ArrayBatches(arrays, batch_size=8, seed=3, process_index=i, process_count=2) for i in range(2)]
+    for expected in reference:
+        np.testing.assert_array_equal(np.concatenate([next(h)["x"] for h in halves]), expected)
+    with pytest.raises(ValueError, match="batch_size=7 must be divisible by the process count"):
+        ArrayBatches(arrays, batch_size=7, seed=0, process_count=2)
+
+
+def test_metrics_writer_truncates_after_resume(tmp_path):
+    writer = MetricsWriter(str(tmp_path))
+    for step in (10, 20, 30):
+        writer.write(step, {"loss": np.float32(step / 10)})
+    with open(writer.path, "a") as f:
+        f.write('{"step": 40, "lo')  # a line cut short by a kill
+    writer.truncate_after(20)
+    lines = [json.loads(line) for line in open(writer.path)]
+    assert lines == [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 2.0}]
+    writer.close()
+    assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_progress_plain_lines_have_eta(capsys):
+    with Progress(100, "work", enabled=True) as progress:
+        for _ in range(100):
+            progress.update(1, loss=0.5)
+    err = capsys.readouterr().err
+    assert "work: 100/100" in err and "ETA" in err and "loss=0.5" in err
+    assert 5 <= len(err.splitlines()) <= 12

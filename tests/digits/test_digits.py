@@ -1,0 +1,30 @@
+"""The digits study end to end: the `cpu` preset reaches the accuracy its config promises."""
+
+import json
+
+import pytest
+
+from experiments.configs import digits
+from robust_jax.core.run import run_study
+from robust_jax.data.digits import load_digits_splits
+
+
+def test_splits_are_stratified_and_in_unit_range():
+    splits = load_digits_splits(0.2, seed=0)
+    assert splits["train"]["image"].shape == (1437, 8, 8, 1)
+    assert splits["test"]["image"].shape == (360, 8, 8, 1)
+    for split in splits.values():
+        assert split["image"].min() >= 0.0 and split["image"].max() <= 1.0
+        counts = [int((split["label"] == c).sum()) for c in range(10)]
+        assert max(counts) - min(counts) <= 0.05 * len(split["label"]) + 1
+
+
+@pytest.mark.slow
+def test_cpu_preset_reaches_95_percent(tmp_path):
+    results = run_study(digits.get_config("cpu"), str(tmp_path))
+    assert results["metrics"]["test_accuracy"] >= 0.95
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert set(written) == {"study", "preset", "metrics", "wall_s", "devices", "jax_version"}
+    assert written["metrics"] == results["metrics"]
+    assert (tmp_path / "config.json").exists() and (tmp_path / "metrics.jsonl").exists()
+    assert any((tmp_path / "tensorboard").iterdir())
