@@ -1,57 +1,67 @@
-"""Progress with an ETA: a tqdm bar on a terminal, plain log lines otherwise (CI, batch jobs, log files)."""
+"""Progress with an ETA: a tqdm bar on a terminal, plain log lines otherwise (CI, batch jobs, log files).
+
+Carriage-return bars turn into megabytes of noise in a log file, so without a terminal a line is written for the
+first item, then at most every `interval_s` seconds, and for the last item.
+"""
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 
 import jax
 from tqdm.auto import tqdm
 
-log = logging.getLogger("robust_jax")
-
 
 class Progress:
-    """Counts work done out of `total` and shows rate and ETA.
+    """Counts work done out of `total` and shows rate and ETA. Only process 0 reports unless `enabled` says."""
 
-    Only process 0 reports. When stderr is not a terminal, a line is logged every `log_fraction` of the work,
-    so non-interactive runs stay readable.
-    """
-
-    def __init__(self, total: int, desc: str, initial: int = 0, log_fraction: float = 0.1, enabled: bool | None = None):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        initial: int = 0,
+        *,
+        enabled: bool | None = None,
+        interval_s: float = 10.0,
+        stream=None,
+    ):
         self.total = total
         self.done = initial
         self.desc = desc
+        self.interval_s = interval_s
+        self.stream = sys.stderr if stream is None else stream
         self._start_done = initial
         self._start = time.perf_counter()
-        self._next_log = initial
-        self._step = max(1, int(total * log_fraction))
-        active = jax.process_index() == 0 if enabled is None else enabled
-        self._bar = None
-        self._plain = False
-        if active and sys.stderr.isatty():
-            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True)
-        elif active:
-            self._plain = True
+        self._last_line = None
+        active = (jax.process_index() == 0 if enabled is None else enabled) and total > 0
+        is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._bar = tqdm(total=total, initial=initial, desc=desc, file=self.stream, dynamic_ncols=True) if (
+            active and is_tty) else None
+        self._plain = active and not is_tty
 
     def update(self, n: int = 1, **postfix) -> None:
         self.done += n
         if self._bar is not None:
-            self._bar.update(n)
             if postfix:
                 self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
-        elif self._plain and (self.done >= self._next_log or self.done == self.total):
-            self._next_log = self.done + self._step
-            elapsed = time.perf_counter() - self._start
-            rate = (self.done - self._start_done) / max(elapsed, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            extra = " ".join(f"{k}={_fmt(v)}" for k, v in postfix.items())
-            print(
-                f"{self.desc}: {self.done}/{self.total} ({rate:.1f}/s, ETA {_duration(eta)}) {extra}".rstrip(),
-                file=sys.stderr,
-                flush=True,
-            )
+            self._bar.update(n)
+            return
+        if not self._plain:
+            return
+        now = time.perf_counter()
+        if self._last_line is None or now - self._last_line >= self.interval_s or self.done >= self.total:
+            self._last_line = now
+            self.stream.write(self.line(now, postfix) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float, postfix: dict) -> str:
+        elapsed = now - self._start
+        rate = (self.done - self._start_done) / max(elapsed, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        speed = f"{rate:.3g}/s" if rate >= 1 else f"{1 / rate:.3g} s each" if rate > 0 else "?/s"
+        extra = " ".join(f"{k}={_fmt(v)}" for k, v in postfix.items())
+        return f"{self.desc}: {self.done}/{self.total} ({speed}, ETA {_duration(eta)}) {extra}".rstrip()
 
     def close(self) -> None:
         if self._bar is not None:

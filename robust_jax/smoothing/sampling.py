@@ -1,0 +1,154 @@
+"""Monte Carlo class counts of a base classifier under Gaussian input noise, computed on device.
+
+Randomness layout (why results do not depend on the device count):
+  batch b uses batch_key = fold_in(key, b); row r of that batch uses fold_in(batch_key, r).
+Each noise row is a function of (key, b, r) only, so how rows are split over devices cannot change it. Sample j of
+the n requested lives in batch j // batch_size, row j % batch_size.
+
+Device rule: the batch is split over every device of the mesh on the 'data' axis, so its physical size must be a
+multiple of the device count. A batch_size that is not is padded up to the next multiple, and the padded rows are
+masked out of the counts exactly like the tail of the last batch. The logical batch (and so every count) stays the
+one asked for; the padding only costs at most (devices - 1) wasted rows per batch.
+
+Compilation: the jitted counting step is cached per (apply_fn, mesh, batch_size, num_classes) and jax.jit caches per
+input shape, so certifying many images of one shape compiles once. sigma, the key, the batch index and the number of
+valid rows are traced arguments: changing them never recompiles.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from robust_jax.core.mesh import batch_sharding, make_data_mesh, replicated
+from robust_jax.smoothing.checks import (
+    check_positive_int,
+    check_positive_real,
+    check_unit_interval_input,
+)
+
+
+def padded_batch_size(batch_size: int, device_count: int) -> int:
+    """Smallest multiple of device_count that holds batch_size rows."""
+    return -(-batch_size // device_count) * device_count
+
+
+def as_noise_dtype(x_host: np.ndarray) -> np.ndarray:
+    """Noise is drawn in x's dtype: integer/bool inputs become float32, float64 follows jax's x64 setting."""
+    if not np.issubdtype(x_host.dtype, np.floating):
+        return x_host.astype(np.float32)
+    return x_host.astype(jax.dtypes.canonicalize_dtype(x_host.dtype), copy=False)
+
+
+def _class_votes(outputs, num_classes: int | None) -> tuple[jax.Array, int]:
+    """Turns apply_fn outputs into one class index per row.
+
+    Logits of shape (B, C) vote for their argmax; integer outputs of shape (B,) are class indices already (a hard
+    classifier, e.g. a denoiser pipeline that returns labels), and then num_classes must be given.
+    """
+    if outputs.ndim == 2 and jnp.issubdtype(outputs.dtype, jnp.floating):
+        if num_classes is not None and num_classes != outputs.shape[-1]:
+            raise ValueError(
+                f"num_classes={num_classes} but apply_fn returns {outputs.shape[-1]} logits per input"
+            )
+        return jnp.argmax(outputs, axis=-1), outputs.shape[-1]
+    if outputs.ndim == 1 and jnp.issubdtype(outputs.dtype, jnp.integer):
+        if num_classes is None:
+            raise ValueError("num_classes=None but apply_fn returns class indices; pass num_classes")
+        return outputs, num_classes
+    raise ValueError(
+        "apply_fn must return float logits of shape (batch, classes) or integer classes of shape (batch,), "
+        f"got {outputs.dtype} of shape {outputs.shape}"
+    )
+
+
+def _build_counting_step(apply_fn, mesh: Mesh, batch_size: int, num_classes: int | None):
+    physical_batch = padded_batch_size(batch_size, mesh.devices.size)
+    rows_sharding = batch_sharding(mesh)
+
+    def count_batch(params, x, key, batch_index, num_valid, sigma):
+        batch_key = jax.random.fold_in(key, batch_index)
+        rows = jnp.arange(physical_batch)
+
+        def noise_row(row):
+            return jax.random.normal(jax.random.fold_in(batch_key, row), x.shape, x.dtype)
+
+        noise_BxX = jax.lax.with_sharding_constraint(jax.vmap(noise_row)(rows), rows_sharding)
+        outputs = apply_fn(params, x[None] + sigma.astype(x.dtype) * noise_BxX)
+        votes_B, classes = _class_votes(outputs, num_classes)
+        # Padding rows (device rounding, tail of the last batch) are computed but never counted.
+        valid_B = (rows < jnp.minimum(num_valid, batch_size)).astype(jnp.int32)
+        votes_BxC = jax.nn.one_hot(votes_B, classes, dtype=jnp.int32)
+        return jnp.sum(votes_BxC * valid_B[:, None], axis=0)
+
+    return jax.jit(count_batch, out_shardings=replicated(mesh))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_counting_step(apply_fn, mesh: Mesh, batch_size: int, num_classes: int | None):
+    return _build_counting_step(apply_fn, mesh, batch_size, num_classes)
+
+
+def counting_step(apply_fn, mesh: Mesh, batch_size: int, num_classes: int | None = None):
+    """The jitted per-batch counting function, shared by every call with the same static settings.
+
+    An unhashable apply_fn cannot be a cache key; it still works but compiles on every call.
+    """
+    try:
+        hash(apply_fn)
+    except TypeError:
+        return _build_counting_step(apply_fn, mesh, batch_size, num_classes)
+    return _cached_counting_step(apply_fn, mesh, batch_size, num_classes)
+
+
+def sample_counts(
+    apply_fn,
+    params,
+    x,
+    *,
+    sigma: float,
+    num_samples: int,
+    batch_size: int,
+    key: jax.Array,
+    num_classes: int | None = None,
+    mesh: Mesh | None = None,
+) -> np.ndarray:
+    """Counts of the base classifier's predictions on num_samples copies of x + N(0, sigma^2 I).
+
+    apply_fn(params, inputs) -> logits (batch, classes), or integer classes (batch,) with num_classes given.
+    x is one input of any shape with values in [0, 1]. mesh defaults to every device on the 'data' axis.
+    Returns an int64 array of length num_classes that sums to num_samples.
+    """
+    sigma = check_positive_real("sigma", sigma)
+    num_samples = check_positive_int("num_samples", num_samples)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if num_classes is not None:
+        num_classes = check_positive_int("num_classes", num_classes)
+    x_host = check_unit_interval_input("x", x)
+    x_host = as_noise_dtype(x_host)
+    return _sample_counts_unchecked(
+        apply_fn, params, x_host, sigma, num_samples, batch_size, key, num_classes, mesh
+    )
+
+
+def _sample_counts_unchecked(apply_fn, params, x_host, sigma, num_samples, batch_size, key, num_classes, mesh):
+    mesh = make_data_mesh() if mesh is None else mesh
+    step = counting_step(apply_fn, mesh, batch_size, num_classes)
+    everywhere = replicated(mesh)
+    # Committed params from elsewhere (e.g. one training device) must move onto this mesh; a no-op when they are there.
+    params = jax.device_put(params, everywhere)
+    x = jax.device_put(x_host, everywhere)
+    sigma = jax.device_put(np.float32(sigma), everywhere)
+    key = jax.device_put(key, everywhere)
+    num_batches = -(-num_samples // batch_size)
+    total = None
+    for batch_index in range(num_batches):
+        num_valid = min(batch_size, num_samples - batch_index * batch_size)
+        # Accumulated on device: the host waits once, for the final counts only.
+        counts = step(params, x, key, np.int32(batch_index), np.int32(num_valid), sigma)
+        total = counts if total is None else total + counts
+    return np.asarray(jax.device_get(total)).astype(np.int64)
