@@ -26,7 +26,10 @@ def evaluate(
     mesh: Mesh | None = None,
     desc: str | None = None,
 ) -> dict[str, float]:
-    """Means over the dataset of each per-example value that `per_example_fn(params, batch) -> {name: (B,)}` returns."""
+    """Means over the dataset of each per-example value that `per_example_fn(params, batch) -> {name: (B,)}` returns.
+
+    The batch holds the arrays' rows plus "mask" (False on padding) and "index" (each row's position in the dataset).
+    """
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     size = len(next(iter(arrays.values())))
     local = mesh_lib.local_batch_size(batch_size)
@@ -47,6 +50,7 @@ def evaluate(
             rows = np.where(mask, rows, 0)
             batch = {name: array[rows] for name, array in arrays.items()}
             batch["mask"] = mask
+            batch["index"] = rows.astype(np.int32)  # per-example randomness: fold_in(key, index)
             sums = jax.device_get(batch_sums(params, mesh_lib.global_batch(mesh, batch)))
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
