@@ -1,0 +1,88 @@
+"""The five classifiers: shapes, BatchNorm state, gradients, solver options and bad names."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from robust_jax.data.timeseries import hermite_coefficients
+from robust_jax.sde import MODELS, SDEClassifier, check_model_name
+
+BATCH, LENGTH, CHANNELS, CLASSES = 6, 12, 3, 3
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(BATCH, LENGTH, CHANNELS))
+    values[:, 3:5, 1:] = np.nan
+    times = np.linspace(0.0, 1.0, LENGTH)
+    values[..., 0] = times
+    coeffs = tuple(jnp.asarray(c, jnp.float32) for c in hermite_coefficients(times, values))
+    return jnp.asarray(times, jnp.float32), coeffs, jnp.asarray(rng.integers(0, CLASSES, BATCH))
+
+
+@pytest.mark.parametrize(
+    "model_name, theory", [(name, False) for name in MODELS] + [("gsde", True), ("lnsde", True)]
+)
+def test_train_step_shapes_and_gradients(model_name, theory, inputs, key):
+    times, coeffs, labels = inputs
+    model = SDEClassifier(model_name, CLASSES, hidden_dim=8, hidden_hidden_dim=8, theory=theory)
+    variables = model.init(key, times, coeffs, key)
+    assert set(variables) == {"params", "batch_stats"}
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            times, coeffs, key, train=True, rngs={"dropout": key}, mutable=["batch_stats"],
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    assert logits.shape == (BATCH, CLASSES) and np.isfinite(float(loss))
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["initial"]))
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), updates["batch_stats"], variables["batch_stats"])
+    assert max(jax.tree.leaves(moved)) > 0  # BatchNorm statistics update in training mode
+    eval_logits = model.apply(variables, times, coeffs, key, train=False)
+    assert eval_logits.shape == (BATCH, CLASSES)
+    if model_name != "ncde":
+        other = model.apply(variables, times, coeffs, jax.random.fold_in(key, 1), train=False)
+        assert not np.allclose(eval_logits, other)  # the Brownian motion comes from the key
+
+
+def test_reference_stabilisers_present(inputs, key):
+    times, coeffs, _ = inputs
+    params = SDEClassifier("lnsde", CLASSES, hidden_dim=8).init(key, times, coeffs, key)["params"]
+    assert float(params["noise"]["theta"]) == 1.0  # tanh(sigmoid(θ) g) with θ initialised at 1
+    theory = SDEClassifier("lnsde", CLASSES, hidden_dim=8, theory=True).init(key, times, coeffs, key)["params"]
+    assert "theta" not in theory["noise"]
+
+
+def test_diffrax_euler_matches_scan_for_the_cde(inputs, key):
+    pytest.importorskip("diffrax")
+    times, coeffs, _ = inputs
+    scan = SDEClassifier("ncde", CLASSES, hidden_dim=8, hidden_hidden_dim=8)
+    variables = scan.init(key, times, coeffs, key)
+    via_diffrax = SDEClassifier("ncde", CLASSES, hidden_dim=8, hidden_hidden_dim=8, solver="diffrax_euler")
+    z_scan = scan.apply(variables, times, coeffs, key, method=SDEClassifier.latent)
+    z_diffrax = via_diffrax.apply(variables, times, coeffs, key, method=SDEClassifier.latent)
+    np.testing.assert_allclose(np.asarray(z_diffrax), np.asarray(z_scan), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"model": "sde"}, "model='sde' is not a known model"),
+        ({"model": "lsde", "solver": "rk4"}, "solver='rk4'"),
+        ({"model": "gsde", "gsde_gate": "relu"}, "gsde_gate='relu'"),
+        ({"model": "lsde", "time_features": "fourier"}, "time_features='fourier'"),
+    ],
+)
+def test_bad_options(kwargs, match, inputs, key):
+    times, coeffs, _ = inputs
+    with pytest.raises(ValueError, match=match):
+        SDEClassifier(num_classes=CLASSES, **kwargs).init(key, times, coeffs, key)
+    with pytest.raises(ValueError, match="allowed: lsde, lnsde, gsde, naive_sde, ncde"):
+        check_model_name("LSDE")
