@@ -2,7 +2,8 @@
 
 A study hands over four things:
   * `init_fn(key) -> (params, model_state)` (model_state: non-trained collections such as batch statistics, or {}),
-  * `loss_fn(params, model_state, batch, key) -> (loss, (metrics, new_model_state))`, on a *global* batch,
+  * `loss_fn(params, model_state, batch, key[, step]) -> (loss, (metrics, new_model_state))`, on a *global*
+    batch (a `step` parameter, if the loss has one, receives the step number),
   * an optax optimizer,
   * a batch iterator: `next()` gives this process's slice of the global batch (a dict of numpy arrays), and
     `get_state()` / `set_state(dict)` give its position as JSON, saved with every checkpoint.
@@ -17,6 +18,7 @@ finite (checkpoints are only ever written from finite states).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -103,10 +105,14 @@ def _state_initializer(init_fn: Callable, optimizer: optax.GradientTransformatio
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, train_key: jax.Array):
+    # A loss with a `step` parameter (curricula, schedules inside the loss) gets the step number.
+    takes_step = "step" in inspect.signature(loss_fn).parameters
+
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(train_key, state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, key)
+        extra = {"step": state.step} if takes_step else {}
+        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, key, **extra)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss)

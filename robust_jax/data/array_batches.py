@@ -61,3 +61,33 @@ class ArrayBatches:
         self.epoch = int(state["epoch"])
         self.offset = int(state["offset"])
         self._order = self._permutation(self.epoch)
+
+
+class IndexBatches:
+    """Batches of example indices for data generated on device: global batch s holds indices
+    [s*B, (s+1)*B), and this process feeds its slice. The step draws example i from `fold_in(key, i)`, so the data
+    is the same for any device or process count. The position is the step count."""
+
+    def __init__(self, *, batch_size: int, process_index: int = 0, process_count: int = 1):
+        if batch_size < 1 or batch_size % process_count:
+            raise ValueError(
+                f"batch_size={batch_size} must be >= 1 and divisible by the process count ({process_count})"
+            )
+        self.batch_size = batch_size
+        self._local = batch_size // process_count
+        self._local_start = process_index * self._local
+        self.step = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        start = self.step * self.batch_size + self._local_start
+        self.step += 1
+        return {"index": np.arange(start, start + self._local, dtype=np.int32)}
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])

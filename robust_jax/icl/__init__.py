@@ -19,7 +19,7 @@ from robust_jax.icl.lsa import (
     prompt_loss,
     squared_loss,
 )
-from robust_jax.icl.tasks import PromptSpec, Prompts, SHIFT_NAMES, apply_shift, sample_prompts
+from robust_jax.icl.tasks import SHIFT_NAMES, PromptSpec, Prompts, apply_shift, prompts_at, sample_prompts
 from robust_jax.icl.theory import (
     expected_test_error,
     gamma,

@@ -319,10 +319,18 @@ def _sample_one_prompt(key, spec: PromptSpec):
     return xs_MxD, labels_M1[:-1], x_query_D, labels_M1[-1], w_D, factor_DxD @ factor_DxD.T
 
 
+def prompts_at(key, spec: PromptSpec, indices_B) -> Prompts:
+    """The prompts with these indices: prompt i uses `jax.random.fold_in(key, i)`, whatever batch it is in.
+
+    For use inside a jitted step whose batch is a sharded vector of example indices: each device then draws
+    only its own prompts, and the batch is the same for any device or process count.
+    """
+    return Prompts(*jax.vmap(lambda index: _sample_one_prompt(jax.random.fold_in(key, index), spec))(indices_B))
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "batch_size"))
 def _sample_prompts_compiled(key, spec: PromptSpec, batch_size: int) -> Prompts:
-    prompt_keys = jax.vmap(lambda index: jax.random.fold_in(key, index))(jnp.arange(batch_size))
-    return Prompts(*jax.vmap(lambda prompt_key: _sample_one_prompt(prompt_key, spec))(prompt_keys))
+    return prompts_at(key, spec, jnp.arange(batch_size))
 
 
 def sample_prompts(key, spec: PromptSpec, batch_size: int) -> Prompts:

@@ -95,3 +95,14 @@ def test_progress_plain_lines_have_eta():
     for _ in range(3):
         progress.update(1, correct="1/1")
     assert len(stream.getvalue().splitlines()) == 3
+
+
+def test_index_batches_cover_consecutive_indices_and_resume():
+    from robust_jax.data.array_batches import IndexBatches
+
+    whole = IndexBatches(batch_size=6)
+    assert [next(whole)["index"].tolist() for _ in range(2)] == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
+    halves = [IndexBatches(batch_size=6, process_index=i, process_count=2) for i in range(2)]
+    for h in halves:
+        h.set_state({"step": 2})
+    assert np.concatenate([next(h)["index"] for h in halves]).tolist() == list(range(12, 18))

@@ -1,0 +1,138 @@
+"""GPT-2 in-context regression training throughput (Garg et al.'s model): steps per second, tiny and standard sizes.
+
+    python -m experiments.benchmarks.icl_throughput [--with_torch_reference] [--sizes tiny,standard]
+
+Setting (issue 3): d = 20, 41 points (82 tokens), batch 64, Adam 1e-4, squared error over all prefixes, fresh
+prompts every step (generated inside the jitted step), float32. Each size is compiled and warmed up, then timed
+over `--repeats` runs of at least `--seconds` seconds each; the median is reported. The reference PyTorch numbers
+(transformers' GPT2Model, torch 2.13 CPU, 2 threads, on the project's 2-core machine) are tiny 8.91 and standard
+0.363 steps/s; targets tiny >= 27, standard >= 0.44.
+
+The machine may be shared, so the load average is printed, and `--with_torch_reference` times the same model and
+step in PyTorch (torch.set_num_threads(2)) in the same run: the ratio is the fair comparison under load.
+The last line is {"benchmark": "icl_throughput", "results": {"tiny_steps_per_s": ..., "standard_steps_per_s": ...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+DIM, N_POINTS, BATCH_SIZE, LEARNING_RATE = 20, 41, 64, 1e-4
+SIZES = ("tiny", "standard")
+
+
+def _timed_runs(run_steps, step_seconds: float, seconds: float, repeats: int) -> float:
+    """Median steps/s over `repeats` runs of about `seconds` each; run_steps(n) runs n steps and waits for them."""
+    n_steps = max(1, int(round(seconds / max(step_seconds, 1e-6))))
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_steps(n_steps)
+        rates.append(n_steps / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def jax_steps_per_second(size: str, seconds: float, repeats: int, dtype_name: str = "float32") -> float:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from robust_jax.icl.gpt2 import Curriculum, gpt2_model, init_train_state, make_train_step
+    from robust_jax.icl.tasks import PromptSpec
+
+    model = gpt2_model(size, dim=DIM, max_points=N_POINTS, dtype=jnp.dtype(dtype_name))
+    optimizer = optax.adam(LEARNING_RATE)
+    spec = PromptSpec(dim=DIM, n_context=N_POINTS - 1)
+    step = make_train_step(model, spec, BATCH_SIZE, Curriculum.fixed(DIM, N_POINTS), optimizer)
+    key = jax.random.key(0)
+    holder = {"state": init_train_state(key, model, optimizer)}
+
+    def run_steps(n_steps: int):
+        metrics = None
+        for _ in range(n_steps):
+            holder["state"], metrics = step(holder["state"], key)
+        jax.block_until_ready(metrics["loss"])
+
+    run_steps(1)  # compile and warm up
+    start = time.perf_counter()
+    run_steps(1)
+    return _timed_runs(run_steps, time.perf_counter() - start, seconds, repeats)
+
+
+def torch_steps_per_second(size: str, seconds: float, repeats: int) -> float:
+    """Garg et al.'s PyTorch model and step: read-in, transformers' GPT2Model, read-out at the x tokens."""
+    import torch
+    import transformers
+
+    from robust_jax.icl.gpt2 import GPT2_SIZES
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    shape = GPT2_SIZES[size]
+    config = transformers.GPT2Config(
+        n_positions=2 * N_POINTS, n_embd=shape["n_embd"], n_layer=shape["n_layer"], n_head=shape["n_head"],
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
+    )
+    read_in = torch.nn.Linear(DIM, shape["n_embd"])
+    backbone = transformers.GPT2Model(config)
+    read_out = torch.nn.Linear(shape["n_embd"], 1)
+    parameters = [*read_in.parameters(), *backbone.parameters(), *read_out.parameters()]
+    optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE)
+
+    def one_step():
+        xs = torch.randn(BATCH_SIZE, N_POINTS, DIM)
+        w = torch.randn(BATCH_SIZE, DIM, 1)
+        ys = (xs @ w)[..., 0]
+        padded_ys = torch.cat([ys[..., None], torch.zeros(BATCH_SIZE, N_POINTS, DIM - 1)], dim=2)
+        tokens = torch.stack([xs, padded_ys], dim=2).reshape(BATCH_SIZE, 2 * N_POINTS, DIM)
+        hidden = backbone(inputs_embeds=read_in(tokens)).last_hidden_state
+        predictions = read_out(hidden)[:, ::2, 0]
+        loss = ((predictions - ys) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def run_steps(n_steps: int):
+        for _ in range(n_steps):
+            one_step()
+
+    run_steps(1)
+    start = time.perf_counter()
+    run_steps(1)
+    return _timed_runs(run_steps, time.perf_counter() - start, seconds, repeats)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of tiny,standard")
+    parser.add_argument("--seconds", type=float, default=5.0, help="minimum length of one timed run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    parser.add_argument("--with_torch_reference", action="store_true",
+                        help="also time the PyTorch reference (transformers GPT2Model, 2 threads) in this run")
+    args = parser.parse_args(argv)
+    sizes = [size for size in args.sizes.split(",") if size]
+    unknown = [size for size in sizes if size not in SIZES]
+    if unknown:
+        parser.error(f"--sizes must be a subset of {SIZES}, got {unknown}")
+
+    results, details = {}, {"load_average_before": os.getloadavg(), "dtype": args.dtype}
+    for size in sizes:
+        results[f"{size}_steps_per_s"] = jax_steps_per_second(size, args.seconds, args.repeats, args.dtype)
+        print(f"jax   {size:9s} {results[f'{size}_steps_per_s']:.3f} steps/s", flush=True)
+        if args.with_torch_reference:
+            torch_rate = torch_steps_per_second(size, args.seconds, args.repeats)
+            details[f"torch_{size}_steps_per_s"] = torch_rate
+            details[f"{size}_speedup_vs_torch"] = results[f"{size}_steps_per_s"] / torch_rate
+            print(f"torch {size:9s} {torch_rate:.3f} steps/s", flush=True)
+    details["load_average_after"] = os.getloadavg()
+    print(json.dumps({"details": details}))
+    print(json.dumps({"benchmark": "icl_throughput", "results": results}))
+
+
+if __name__ == "__main__":
+    main()
