@@ -53,6 +53,12 @@ def check_model_name(model: str) -> str:
     return model
 
 
+def _key_batch_ndim(key: jax.Array) -> int:
+    """Dimensions of a key array beyond one key (typed keys, or legacy uint32 keys with a trailing (2,))."""
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key.ndim if typed else key.ndim - 1
+
+
 class MLP(nn.Module):
     features: Sequence[int]
     activation: str = "relu"  # 'relu' | 'lipswish'
@@ -164,7 +170,8 @@ class Head(nn.Module):
 class SDEClassifier(nn.Module):
     """`apply(variables, ts, coeffs, key, train=..., rngs={'dropout': k}, mutable=['batch_stats'] when training)`.
 
-    ts: (L,) observation times; coeffs: (d, c, b, a) each (B, L-1, C); key: the Brownian motion's key.
+    ts: (L,) observation times; coeffs: (d, c, b, a) each (B, L-1, C); key: the Brownian motion's key, either one
+    key for the batch or (solver 'euler') a (B,) array of keys, one per example (e.g. fold_in(key, example index)).
     Returns logits (B, num_classes)."""
 
     model: str
@@ -223,16 +230,25 @@ class SDEClassifier(nn.Module):
         if self.is_initializing():
             self.field(ts[0], z0, a[:, 0])
             self.noise(ts[0], z0)
+            if not save_path:
+                # The parameters do not depend on the solve: skipping it saves compiling the scan twice (init + step).
+                return z0
         drift_params, noise_params = self.field.variables, self.noise.variables
         drift_module, noise_module = self.field.clone(parent=None), self.noise.clone(parent=None)
 
         if self.solver == "euler":
-            dW = solvers.brownian_increments(key, ts, z0.shape, z0.dtype)
+            if _key_batch_ndim(key) == 1:  # one key per example: its noise does not depend on the batch it lands in
+                dW = jax.vmap(lambda k: solvers.brownian_increments(k, ts, z0.shape[1:], z0.dtype))(key)
+                dW = jnp.moveaxis(dW, 0, 1)  # (B, L-1, H) -> (L-1, B, H)
+            else:
+                dW = solvers.brownian_increments(key, ts, z0.shape, z0.dtype)
             drift = lambda i, t, z: drift_module.apply(drift_params, t, z, a[:, i])
             diffusion = lambda i, t, z: noise_module.apply(noise_params, t, z)
             return solvers.euler_maruyama(drift, diffusion, z0, ts, dW, save_path=save_path)
         if save_path:
             raise ValueError("save_path needs solver='euler'")
+        if _key_batch_ndim(key) != 0:
+            raise ValueError(f"solver={self.solver!r} takes one Brownian key for the batch; per-example keys need 'euler'")
         drift = lambda t, z: drift_module.apply(drift_params, t, z, hermite_evaluate(ts, coeffs, t))
         diffusion = lambda t, z: noise_module.apply(noise_params, t, z)
         method = "euler" if self.solver == "diffrax_euler" else "milstein"
@@ -246,6 +262,8 @@ class SDEClassifier(nn.Module):
         channels = a.shape[-1]
         if self.is_initializing():
             self.cde_field(z0, channels)
+            if not save_path:
+                return z0
         params = self.cde_field.variables
         module = self.cde_field.clone(parent=None)
         field = lambda z: module.apply(params, z, channels)

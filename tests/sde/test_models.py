@@ -86,3 +86,22 @@ def test_bad_options(kwargs, match, inputs, key):
         SDEClassifier(num_classes=CLASSES, **kwargs).init(key, times, coeffs, key)
     with pytest.raises(ValueError, match="allowed: lsde, lnsde, gsde, naive_sde, ncde"):
         check_model_name("LSDE")
+
+
+def test_per_example_brownian_keys_do_not_depend_on_the_batch(inputs, key):
+    times, coeffs, _ = inputs
+    model = SDEClassifier("lnsde", CLASSES, hidden_dim=8, hidden_hidden_dim=8)
+    variables = model.init(key, times, coeffs, key)
+    index = jnp.arange(BATCH) + 100
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, index)
+    whole = model.apply(variables, times, coeffs, keys, train=False)
+    part = model.apply(variables, times, tuple(c[2:5] for c in coeffs), keys[2:5], train=False)
+    np.testing.assert_allclose(part, whole[2:5], rtol=1e-5, atol=1e-6)
+    shuffled = model.apply(variables, times, tuple(c[::-1] for c in coeffs), keys[::-1], train=False)
+    np.testing.assert_allclose(shuffled[::-1], whole, rtol=1e-5, atol=1e-6)
+    other = model.apply(variables, times, coeffs, jax.vmap(jax.random.fold_in, (None, 0))(key, index + 1), train=False)
+    assert not np.allclose(other, whole)  # each example's noise really comes from its own key
+    diffrax_model = SDEClassifier("lsde", CLASSES, hidden_dim=8, solver="diffrax_euler")
+    diffrax_variables = diffrax_model.init(key, times, coeffs, key)
+    with pytest.raises(ValueError, match="per-example keys need 'euler'"):
+        diffrax_model.apply(diffrax_variables, times, coeffs, keys)

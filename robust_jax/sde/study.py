@@ -1,0 +1,215 @@
+"""The missing-data robustness study of stable neural SDEs (Oh, Lim & Kim, ICLR 2024).
+
+For every dataset x missing rate x model x seed: drop int(L * rate) time points per series, split 0.7 / 0.15 / 0.15
+(stratified, seeded), build the Hermite control path, train with the reference protocol (`robust_jax.sde.training`)
+and record the test accuracy at the epoch of best validation accuracy. The claim under test: LSDE / LNSDE / GSDE keep
+their accuracy as the missing rate grows, while the naive neural SDE degrades or diverges.
+
+Workdir layout: `<dataset>/missing=<rate>/<model>/seed=<seed>/` holds one cell (checkpoints, metrics.jsonl,
+TensorBoard, cell_result.json); a finished cell is never trained again, an interrupted one resumes from its checkpoint,
+so an interrupted grid picks up where it stopped. The report: `accuracy.md` (table) and `accuracy_vs_missing.png`.
+
+results.json metrics:
+  accuracy[model]["missing=<rate>"]                      mean over datasets and seeds
+  accuracy_std[model]["missing=<rate>"]                  std over seeds of the dataset-averaged accuracy
+  accuracy_per_dataset[dataset][model]["missing=<rate>"] mean over seeds
+  accuracy_std_per_dataset[dataset][model][...]          std over seeds (0 with one seed)
+  drop_0_to_50[model]                                    accuracy at 0% minus at 50% missing, averaged over datasets
+                                                         (only when both rates are in the grid)
+  diverged                                               cells whose training loss became non-finite
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh
+
+from robust_jax.core import config_checks as checks
+from robust_jax.core import mesh as mesh_lib
+from robust_jax.core.progress import Progress
+from robust_jax.data.timeseries import offline_datasets, prepare_timeseries
+from robust_jax.sde.models import MODELS, SOLVERS, SDEClassifier
+from robust_jax.sde.training import Protocol, train_cell
+
+
+def rate_name(rate: float) -> str:
+    return f"missing={rate:g}"
+
+
+def _check_nonempty_unique(field: str, values) -> list:
+    values = list(values)
+    if not values:
+        raise checks.ConfigError(f"config.{field}=() is not allowed: give at least one value")
+    if len(set(values)) != len(values):
+        raise checks.ConfigError(f"config.{field}={tuple(values)!r} is not allowed: values must not repeat")
+    return values
+
+
+def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+    device_count = jax.device_count() if device_count is None else device_count
+    allow_download = bool(config.allow_download)
+    available = offline_datasets()
+    for i, name in enumerate(_check_nonempty_unique("datasets", config.datasets)):
+        if not isinstance(name, str) or (name not in available and not allow_download):
+            raise checks.ConfigError(
+                f"config.datasets[{i}]={name!r} is not allowed: the offline UCR/UEA sets are {', '.join(available)} "
+                "(set config.allow_download=True to let aeon fetch other archive names)"
+            )
+    for i, rate in enumerate(_check_nonempty_unique("missing_rates", config.missing_rates)):
+        checks.check_float(f"missing_rates[{i}]", rate, non_negative=True, below=1.0)
+    for i, model in enumerate(_check_nonempty_unique("models", config.models)):
+        checks.check_choice(f"models[{i}]", model, MODELS)
+    for i, seed in enumerate(_check_nonempty_unique("seeds", config.seeds)):
+        checks.check_int(f"seeds[{i}]", seed, minimum=0)
+    checks.check_int("hidden_dim", config.hidden_dim, minimum=1)
+    checks.check_int("hidden_hidden_dim", config.hidden_hidden_dim, minimum=1)
+    checks.check_int("num_hidden_layers", config.num_hidden_layers, minimum=1)
+    checks.check_choice("solver", config.solver, SOLVERS)
+    checks.check_choice("theory", config.theory, (False, True))
+    checks.check_choice("use_intensity", config.use_intensity, (False, True))
+    checks.check_float("learning_rate", config.learning_rate, positive=True)
+    checks.check_int("epochs", config.epochs, minimum=1)
+    checks.check_int("patience", config.patience, minimum=1)
+    checks.check_int("early_stopping_start", config.early_stopping_start, minimum=0)
+    checks.check_int("lr_step_epochs", config.lr_step_epochs, minimum=1)
+    checks.check_float("lr_decay", config.lr_decay, positive=True)
+    checks.check_int("batch_size", config.batch_size, minimum=0)
+    if config.batch_size:
+        checks.check_divisible("batch_size", config.batch_size, device_count, "the device count")
+    checks.check_int("eval_batch_size", config.eval_batch_size, minimum=1)
+    checks.check_divisible("eval_batch_size", config.eval_batch_size, device_count, "the device count")
+    checks.check_int("checkpoint_every_epochs", config.checkpoint_every_epochs, minimum=1)
+
+
+def build_model(config: ml_collections.ConfigDict, model: str, num_classes: int) -> SDEClassifier:
+    return SDEClassifier(
+        model,
+        num_classes,
+        hidden_dim=config.hidden_dim,
+        hidden_hidden_dim=config.hidden_hidden_dim,
+        num_hidden_layers=config.num_hidden_layers,
+        theory=config.theory,
+        solver=config.solver,
+    )
+
+
+def protocol_from(config: ml_collections.ConfigDict) -> Protocol:
+    return Protocol(
+        epochs=config.epochs,
+        patience=config.patience,
+        early_stopping_start=config.early_stopping_start,
+        learning_rate=config.learning_rate,
+        lr_step_epochs=config.lr_step_epochs,
+        lr_decay=config.lr_decay,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size,
+        checkpoint_every_epochs=config.checkpoint_every_epochs,
+    )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
+    mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
+    protocol = protocol_from(config)
+    datasets, rates, models, seeds = list(config.datasets), list(config.missing_rates), list(config.models), list(
+        config.seeds)
+    accuracy = {}  # (dataset, rate, model, seed) -> test accuracy at the best validation epoch
+    diverged = []
+    total = len(datasets) * len(rates) * len(models) * len(seeds)
+    with Progress(total, "sde grid", interval_s=0.0) as progress:
+        for dataset in datasets:
+            for rate in rates:
+                for seed in seeds:
+                    data = prepare_timeseries(dataset, rate, seed, use_intensity=config.use_intensity,
+                                              allow_download=config.allow_download)
+                    for model_name in models:
+                        cell = os.path.join(workdir, dataset, rate_name(rate), model_name, f"seed={seed}")
+                        desc = f"{dataset} {rate_name(rate)} {model_name} seed={seed}"
+                        result = train_cell(cell, build_model(config, model_name, data.num_classes), data, protocol,
+                                            seed, mesh=mesh, desc=desc)
+                        accuracy[dataset, rate, model_name, seed] = result["test_accuracy"]
+                        if result["diverged_at_epoch"] is not None:
+                            diverged.append(f"{desc} (epoch {result['diverged_at_epoch']})")
+                        progress.update(1, cell=desc, test_accuracy=result["test_accuracy"],
+                                        best_epoch=result["best_epoch"])
+    metrics = summarise(accuracy, datasets, rates, models, seeds)
+    metrics["diverged"] = diverged
+    if jax.process_index() == 0:
+        write_report(metrics, rates, models, workdir)
+    return {"metrics": metrics}
+
+
+def summarise(accuracy: dict, datasets, rates, models, seeds) -> dict:
+    """Means and standard deviations of the grid of test accuracies (see the module docstring)."""
+    grid = np.array([[[[accuracy[d, r, m, s] for s in seeds] for r in rates] for m in models] for d in datasets],
+                    dtype=np.float64)  # (dataset, model, rate, seed)
+    per_dataset_mean, per_dataset_std = grid.mean(-1), grid.std(-1)
+    seed_curves = grid.mean(0)  # (model, rate, seed): the dataset-averaged accuracy of each seed
+    metrics = {
+        "accuracy": {m: {rate_name(r): float(seed_curves[i, j].mean()) for j, r in enumerate(rates)}
+                     for i, m in enumerate(models)},
+        "accuracy_std": {m: {rate_name(r): float(seed_curves[i, j].std()) for j, r in enumerate(rates)}
+                         for i, m in enumerate(models)},
+        "accuracy_per_dataset": {
+            d: {m: {rate_name(r): float(per_dataset_mean[k, i, j]) for j, r in enumerate(rates)}
+                for i, m in enumerate(models)} for k, d in enumerate(datasets)},
+        "accuracy_std_per_dataset": {
+            d: {m: {rate_name(r): float(per_dataset_std[k, i, j]) for j, r in enumerate(rates)}
+                for i, m in enumerate(models)} for k, d in enumerate(datasets)},
+    }
+    if 0.0 in rates and 0.5 in rates:
+        clean, half = rates.index(0.0), rates.index(0.5)
+        metrics["drop_0_to_50"] = {
+            m: float(np.mean(per_dataset_mean[:, i, clean] - per_dataset_mean[:, i, half])) for i, m in enumerate(models)
+        }
+    return metrics
+
+
+def accuracy_table(metrics: dict, rates, models) -> str:
+    header = "| model | " + " | ".join(f"{r:g}" for r in rates) + (
+        " | drop 0→0.5 |" if "drop_0_to_50" in metrics else " |")
+    lines = ["Test accuracy (mean over datasets and seeds ± std over seeds) by missing rate", "", header,
+             "|" + "---|" * (len(rates) + 1 + ("drop_0_to_50" in metrics))]
+    for m in models:
+        cells = [f"{metrics['accuracy'][m][rate_name(r)]:.3f} ± {metrics['accuracy_std'][m][rate_name(r)]:.3f}"
+                 for r in rates]
+        if "drop_0_to_50" in metrics:
+            cells.append(f"{metrics['drop_0_to_50'][m]:+.3f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(metrics: dict, rates, models, workdir: str) -> None:
+    """accuracy.md and accuracy_vs_missing.png: the dataset average and one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "accuracy.md"), "w") as f:
+        f.write(accuracy_table(metrics, rates, models))
+    panels = [("mean over datasets", metrics["accuracy"], metrics["accuracy_std"])] + [
+        (d, metrics["accuracy_per_dataset"][d], metrics["accuracy_std_per_dataset"][d])
+        for d in metrics["accuracy_per_dataset"]]
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    for ax, (title, means, stds) in zip(axes.flat, panels):
+        for m in models:
+            mean = np.array([means[m][rate_name(r)] for r in rates])
+            std = np.array([stds[m][rate_name(r)] for r in rates])
+            ax.errorbar(rates, mean, yerr=std, marker="o", capsize=3, label=m)
+        ax.set_title(title)
+        ax.set_xlabel("missing rate")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.path.join(workdir, "accuracy_vs_missing.png"), dpi=100)
+    plt.close(figure)

@@ -1,0 +1,104 @@
+"""The SDE study end to end on the `tiny` preset, the reference's batch rule, exact resumption of a cell, bad configs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments.configs import sde as sde_configs
+from robust_jax.core import run as run_lib
+from robust_jax.core.config_checks import ConfigError
+from robust_jax.data.timeseries import prepare_timeseries
+from robust_jax.sde import study
+from robust_jax.sde.training import RESULT_FILE, Protocol, reference_batch_size, train_cell
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sde_tiny")
+    config = sde_configs.get_config("tiny")
+    return config, str(workdir), run_lib.run_study(config, str(workdir))
+
+
+def test_tiny_study_reports_every_model_and_rate(tiny_run):
+    config, workdir, results = tiny_run
+    metrics = results["metrics"]
+    rates = [f"missing={r:g}" for r in config.missing_rates]
+    assert rates == ["missing=0", "missing=0.5"]
+    for table in (metrics["accuracy"], metrics["accuracy_std"]):
+        assert set(table) == set(config.models)
+        for model in config.models:
+            assert list(table[model]) == rates
+    for table in (metrics["accuracy_per_dataset"], metrics["accuracy_std_per_dataset"]):
+        assert set(table) == set(config.datasets)
+    for model in config.models:
+        per_dataset = metrics["accuracy_per_dataset"]["BasicMotions"][model]
+        for rate in rates:
+            assert 0.0 <= metrics["accuracy"][model][rate] <= 1.0
+            assert metrics["accuracy"][model][rate] == per_dataset[rate]  # one dataset, one seed
+            assert metrics["accuracy_std"][model][rate] == 0.0  # one seed
+        assert metrics["drop_0_to_50"][model] == pytest.approx(per_dataset["missing=0"] - per_dataset["missing=0.5"])
+    assert metrics["diverged"] == []
+    for name in ("accuracy_vs_missing.png", "accuracy.md", "results.json", "config.json"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0
+    with open(os.path.join(workdir, "accuracy_vs_missing.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    cell = os.path.join(workdir, "BasicMotions", "missing=0.5", "naive_sde", "seed=0")
+    with open(os.path.join(cell, RESULT_FILE)) as f:
+        record = json.load(f)
+    assert record["epochs_run"] == config.epochs and record["batch_size"] == 16  # 56 training series -> 16
+    assert metrics["accuracy"]["naive_sde"]["missing=0.5"] == record["test_accuracy"]
+    # A finished grid is not trained again: the same workdir gives the same metrics.
+    again = run_lib.run_study(config, workdir)
+    assert again["metrics"] == metrics
+
+
+def test_a_cell_resumes_exactly_from_its_checkpoint(tiny_run, tmp_path):
+    config, _, _ = tiny_run  # same model and shapes as the tiny grid: the compiled step is reused
+    data = prepare_timeseries("BasicMotions", 0.0, 0)
+    model = study.build_model(config, "lsde", data.num_classes)
+    protocol = Protocol(epochs=4, patience=100, early_stopping_start=100, learning_rate=config.learning_rate,
+                        eval_batch_size=config.eval_batch_size, checkpoint_every_epochs=1)
+    straight = train_cell(str(tmp_path / "straight"), model, data, protocol, seed=0)
+    interrupted = str(tmp_path / "interrupted")
+    train_cell(interrupted, model, data, Protocol(**{**protocol.__dict__, "epochs": 2}), seed=0)
+    os.remove(os.path.join(interrupted, RESULT_FILE))  # as if the run had been killed after epoch 2's checkpoint
+    resumed = train_cell(interrupted, model, data, protocol, seed=0)
+    assert resumed == straight and resumed["epochs_run"] == 4
+    curves = [[json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+              for d in (str(tmp_path / "straight"), interrupted)]
+    assert [r["step"] for r in curves[1]] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["train_loss"] for r in curves[1]], [r["train_loss"] for r in curves[0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_train, expected", [(56, 16), (140, 64), (767, 128), (5000, 128), (20, 16), (10, 10)])
+def test_reference_batch_rule(num_train, expected):
+    assert reference_batch_size(num_train) == expected
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("datasets", ("BasicMotions", "NoSuchSet"), r"config\.datasets\[1\]='NoSuchSet'.*ArrowHead.*GunPoint"),
+        ("missing_rates", (0.0, 1.0), r"config\.missing_rates\[1\]=1\.0.*must be < 1"),
+        ("missing_rates", (-0.1,), r"config\.missing_rates\[0\]=-0\.1.*>= 0"),
+        ("models", ("lsde", "sde"), r"config\.models\[1\]='sde'.*'lsde', 'lnsde', 'gsde', 'naive_sde', 'ncde'"),
+        ("seeds", (), r"config\.seeds=\(\)"),
+        ("models", ("lsde", "lsde"), r"config\.models=.*must not repeat"),
+        ("eval_batch_size", 12, r"config\.eval_batch_size=12.*divisible"),
+        ("epochs", 0, r"config\.epochs=0.*>= 1"),
+    ],
+)
+def test_bad_config_names_the_field(field, value, match, tmp_path):
+    config = sde_configs.get_config("tiny")
+    config[field] = value
+    with pytest.raises(ConfigError, match=match):
+        run_lib.check(config, str(tmp_path))
+    assert os.listdir(tmp_path) == []  # refused before any work
+
+
+def test_presets_pass_the_checks():
+    for preset in sde_configs.PRESETS:
+        study.check_config(sde_configs.get_config(preset), device_count=1)
+    assert len(sde_configs.get_config("paper").seeds) == 5
