@@ -42,6 +42,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.consistency_lambda = 0.0  # > 0: Jeong & Shin consistency regularisation with consistency_copies copies
     c.consistency_eta = 0.5
     c.consistency_copies = 2
+    c.max_translation = 0  # > 0: random translation by up to this many pixels before the noise
     c.log_every = 100
     c.checkpoint_every = 1000
     # Certification.

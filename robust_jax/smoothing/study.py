@@ -92,6 +92,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_float("consistency_lambda", config.consistency_lambda, non_negative=True)
     checks.check_float("consistency_eta", config.consistency_eta, non_negative=True)
     checks.check_int("consistency_copies", config.consistency_copies, minimum=1)
+    checks.check_int("max_translation", config.max_translation, minimum=0)
     checks.check_int("n0", config.n0, minimum=1)
     checks.check_int("n", config.n, minimum=1)
     checks.check_float("alpha", config.alpha, positive=True, below=1.0)
@@ -127,6 +128,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
             loss_fn=make_noise_loss_fn(
                 classifier.apply_train, sigma=sigma, consistency_lambda=config.consistency_lambda,
                 consistency_eta=config.consistency_eta, copies=config.consistency_copies,
+                max_translation=config.max_translation,
             ),
             optimizer=optax.adam(schedule),
             batches=batches,

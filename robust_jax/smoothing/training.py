@@ -21,6 +21,20 @@ def noisy_copies(key: jax.Array, images_BxX: jax.Array, sigma: float, copies: in
     return images_BxX[None] + sigma * noise
 
 
+def random_translate(key: jax.Array, images_BxHxWxC: jax.Array, max_shift: int) -> jax.Array:
+    """Each image moved by up to `max_shift` pixels in each direction, zero-filled (a standard crop augmentation)."""
+    if max_shift <= 0:
+        return images_BxHxWxC
+    batch, height, width, _ = images_BxHxWxC.shape
+    padded = jnp.pad(images_BxHxWxC, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)))
+    offsets = jax.random.randint(key, (batch, 2), 0, 2 * max_shift + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, image.shape[-1]))
+
+    return jax.vmap(crop)(padded, offsets)
+
+
 def make_noise_loss_fn(
     apply_train: Callable,
     *,
@@ -28,15 +42,19 @@ def make_noise_loss_fn(
     consistency_lambda: float = 0.0,
     consistency_eta: float = 0.0,
     copies: int = 2,
+    max_translation: int = 0,
 ):
     """loss_fn(params, model_state, batch, key) for the core train loop.
 
     apply_train(params, model_state, images) -> (logits, new_model_state) runs the model in training mode.
+    max_translation > 0 moves each (image-shaped) input by up to that many pixels before the noise is added.
     """
     copies = copies if consistency_lambda > 0 else 1
 
     def loss_fn(params, model_state, batch, key):
-        images_MxBxX = noisy_copies(key, batch["image"], sigma, copies)
+        translate_key, noise_key = jax.random.split(key)
+        images = random_translate(translate_key, batch["image"], max_translation)
+        images_MxBxX = noisy_copies(noise_key, images, sigma, copies)
         batch_size = images_MxBxX.shape[1]
         flat = images_MxBxX.reshape(copies * batch_size, *images_MxBxX.shape[2:])
         logits, new_model_state = apply_train(params, model_state, flat)
