@@ -20,7 +20,9 @@ Variables: `params` and `batch_stats`. `model.apply(variables, x)` is evaluation
 `model.apply(variables, x, train=True, mutable=['batch_stats'])` is training and returns the new statistics.
 
 For inference, `fold_batch_norm(model, variables)` folds every BatchNorm into the convolution before it, giving a
-model whose forward pass is convolution + bias + ReLU only.
+model whose forward pass is convolution + bias + ReLU only. `fast_inference(model, variables)` does that and returns
+`(apply_fn, params)` ready for the smoothing API (optionally computing in bfloat16); it is what
+experiments/benchmarks/certify_throughput.py measures.
 """
 
 from __future__ import annotations
@@ -308,3 +310,72 @@ def fold_batch_norm(model: CifarResNet | ImageNetResNet, variables: Mapping[str,
     fold = jax.jit(lambda params, stats: _fold_tree(params, stats, "params"))
     folded_params = fold(variables["params"], variables["batch_stats"])
     return model.clone(folded=True), {"params": folded_params}
+
+
+# Rows per forward pass inside fast_inference on a single CPU device: the first stage's activations for 16 CIFAR
+# images (16 x 32 x 32 x 16 floats, 1 MB) stay in cache, where a batch of 400 (26 MB) does not; its 16-channel
+# convolutions are the slowest part of the network. ResNet-110 float32 samples per CPU-second on the project's 2-core
+# EPYC under load (experiments/benchmarks/certify_throughput.py has the setting), folded, over several runs: whole
+# batch of 400 111, slices of 100 121, of 50 117-127, of 25 119, of 16 122-123 (the unfolded model: 101-110).
+CPU_BATCH_CHUNK = 16
+
+
+def _chunked(apply_fn, batch_chunk: int):
+    """apply_fn evaluated on consecutive slices of at most batch_chunk rows (lax.map), results concatenated.
+
+    Every row goes through the same function, so the outputs equal apply_fn's on the whole batch up to float
+    rounding. The batch is cut into the fewest slices of at most batch_chunk rows, of equal size, padding at most
+    (slices - 1) rows with copies of the last row.
+    """
+
+    def apply_in_chunks(params, images):
+        batch = images.shape[0]
+        if batch <= batch_chunk:
+            return apply_fn(params, images)
+        num_chunks = -(-batch // batch_chunk)
+        rows = -(-batch // num_chunks)
+        padding = num_chunks * rows - batch
+        if padding:
+            images = jnp.concatenate([images, jnp.repeat(images[-1:], padding, axis=0)], axis=0)
+        outputs = jax.lax.map(lambda chunk: apply_fn(params, chunk),
+                              images.reshape(num_chunks, rows, *images.shape[1:]))
+        return outputs.reshape(num_chunks * rows, *outputs.shape[2:])[:batch]
+
+    return apply_in_chunks
+
+
+def fast_inference(
+    model: CifarResNet | ImageNetResNet,
+    variables: Mapping[str, Any],
+    *,
+    dtype: Dtype = jnp.float32,
+    batch_chunk: int | None | str = "auto",
+):
+    """`(apply_fn, params)` for evaluation: BatchNorm folded, computing in `dtype`; apply_fn(params, images) -> logits.
+
+    The function computed equals `model.apply(variables, images)` (evaluation mode) up to rounding in float32.
+    `dtype=jnp.bfloat16` computes convolutions and activations in bfloat16 (parameters stay float32 and are cast
+    inside, the logits come back float32). For randomized smoothing that is a different, equally valid base classifier:
+    the certificate holds for whatever function is evaluated, but its predictions can differ from the float32 model's
+    on inputs near a decision boundary (see the benchmark's agreement check before relying on it).
+
+    `batch_chunk`: evaluate large batches in slices of at most this many rows (same function, better cache use on CPU).
+    'auto' uses CPU_BATCH_CHUNK when JAX runs on a single CPU device and whole batches otherwise (on accelerators
+    and on a multi-device mesh, where each device's share of the batch is small already); None never slices.
+
+    `apply_fn` is one function object, so passing the same `apply_fn` to `certify` again reuses its compiled step.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"dtype={dtype.name!r} is not allowed; allowed: 'float32', 'bfloat16'")
+    if batch_chunk == "auto":
+        single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+        batch_chunk = CPU_BATCH_CHUNK if single_cpu else None
+    elif batch_chunk is not None and (isinstance(batch_chunk, bool) or not isinstance(batch_chunk, int)
+                                      or batch_chunk < 1):
+        raise ValueError(f"batch_chunk={batch_chunk!r} is not allowed; allowed: 'auto', None or an int >= 1")
+    folded_model, folded_variables = fold_batch_norm(model, variables)
+    apply_fn = folded_model.clone(dtype=dtype).apply
+    if batch_chunk is not None:
+        apply_fn = _chunked(apply_fn, batch_chunk)
+    return apply_fn, folded_variables

@@ -13,6 +13,11 @@ one asked for; the padding only costs at most (devices - 1) wasted rows per batc
 Compilation: the jitted counting step is cached per (apply_fn, mesh, batch_size, num_classes) and jax.jit caches per
 input shape, so certifying many images of one shape compiles once. sigma, the key, the batch index and the number of
 valid rows are traced arguments: changing them never recompiles.
+
+Small requests: num_samples below batch_size (certify's n0 = 100 selection draw at batch 400) runs one smaller batch,
+the next power of two >= num_samples, instead of a full batch that is mostly masked out (Cohen et al.'s CIFAR
+setting evaluates 128 rows instead of 400, 2.6% of all the samples certify evaluates per image). Sample j is still
+row j of batch 0, so the counts are unchanged; it costs one more compiled step per power of two actually used.
 """
 
 from __future__ import annotations
@@ -35,6 +40,13 @@ from robust_jax.smoothing.checks import (
 def padded_batch_size(batch_size: int, device_count: int) -> int:
     """Smallest multiple of device_count that holds batch_size rows."""
     return -(-batch_size // device_count) * device_count
+
+
+def step_batch_size(batch_size: int, num_samples: int) -> int:
+    """Logical batch of the compiled step: batch_size, or the next power of two >= num_samples when that is smaller."""
+    if num_samples >= batch_size:
+        return batch_size
+    return min(batch_size, 1 << (num_samples - 1).bit_length())
 
 
 def as_noise_dtype(x_host: np.ndarray) -> np.ndarray:
@@ -137,6 +149,8 @@ def sample_counts(
 
 def _sample_counts_unchecked(apply_fn, params, x_host, sigma, num_samples, batch_size, key, num_classes, mesh):
     mesh = make_data_mesh() if mesh is None else mesh
+    # Changing the batch size cannot change the counts here: with fewer samples than a batch there is only batch 0.
+    batch_size = step_batch_size(batch_size, num_samples)
     step = counting_step(apply_fn, mesh, batch_size, num_classes)
     everywhere = replicated(mesh)
     # Committed params from elsewhere (e.g. one training device) must move onto this mesh; a no-op when they are there.

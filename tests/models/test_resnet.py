@@ -209,3 +209,48 @@ def test_imagenet_stem_matches_torch_layers(image_size):
         theirs = reference(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fast_inference_matches_eval_mode(dtype):
+    model = resnet.CifarResNet(depth=8)
+    variables = _random_variables(model, 16, seed=6)
+    images = jnp.asarray(np.random.default_rng(6).uniform(0, 1, (8, 16, 16, 3)), jnp.float32)
+    expected = jax.jit(model.apply)(variables, images)
+    apply_fn, params = resnet.fast_inference(model, variables, dtype=dtype)
+    assert set(params) == {"params"} and "bn" not in params["params"]["stem"]
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    got = jax.jit(apply_fn)(params, images)
+    assert got.dtype == jnp.float32 and got.shape == expected.shape
+    scale = max(1.0, float(jnp.abs(expected).max()))
+    # bfloat16 keeps 8 bits of mantissa: the logits move by a few parts in a thousand of their scale, not more.
+    tolerance = 1e-4 if dtype == jnp.float32 else 0.05
+    np.testing.assert_allclose(got, expected, atol=tolerance * scale, rtol=0)
+    if dtype == jnp.bfloat16:
+        assert float(jnp.abs(got - expected).max()) > 1e-6 * scale  # it really computes in bfloat16
+
+
+def test_fast_inference_rejects_other_dtypes():
+    model = resnet.CifarResNet(depth=8)
+    variables = _random_variables(model, 16, seed=7)
+    with pytest.raises(ValueError, match="dtype='float16'"):
+        resnet.fast_inference(model, variables, dtype=jnp.float16)
+
+
+@pytest.mark.parametrize("batch_chunk", [3, 4, 7])
+def test_fast_inference_in_chunks_computes_the_same_function(batch_chunk):
+    """Slices of at most batch_chunk rows (13 rows: padded slices of 3 or 4, and one slice of 7 + padding)."""
+    model = resnet.CifarResNet(depth=8)
+    variables = _random_variables(model, 16, seed=8)
+    images = jnp.asarray(np.random.default_rng(8).uniform(0, 1, (13, 16, 16, 3)), jnp.float32)
+    whole_fn, params = resnet.fast_inference(model, variables, batch_chunk=None)
+    chunked_fn, _ = resnet.fast_inference(model, variables, batch_chunk=batch_chunk)
+    expected = jax.jit(whole_fn)(params, images)
+    got = jax.jit(chunked_fn)(params, images)
+    assert got.shape == expected.shape == (13, 10)
+    np.testing.assert_allclose(got, expected, atol=1e-5 * max(1.0, float(jnp.abs(expected).max())), rtol=0)
+    # Rows stay in place: a permuted batch gives the permuted logits.
+    order = np.random.default_rng(9).permutation(13)
+    np.testing.assert_allclose(jax.jit(chunked_fn)(params, images[order]), expected[order], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="batch_chunk=0"):
+        resnet.fast_inference(model, variables, batch_chunk=0)

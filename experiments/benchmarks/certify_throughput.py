@@ -1,0 +1,317 @@
+"""Randomized-smoothing throughput: noisy samples per second through CIFAR ResNet-110, and seconds per certified image.
+
+    python -m experiments.benchmarks.certify_throughput [--with_torch_reference] [--dtype float32|bfloat16]
+
+Setting (issue 4, point 6): Cohen et al.'s CIFAR ResNet-110 (robust_jax.models.resnet.resnet110, normalisation
+layer inside), random weights and random BatchNorm running statistics (evaluation mode); the head is rescaled so that
+the random network predicts every class about equally often, which makes the certify figures and the precision
+check realistic. Inputs 32x32x3, sigma = 0.25, batch 400, on every device JAX sees (one CPU device unless configured).
+- samples_per_s: the full counting step that `certify` runs (noise drawn on device with the per-row fold_in layout,
+  forward, argmax, one-hot count) -- `robust_jax.smoothing.sampling.counting_step` itself, compiled once, then timed
+  over `--repeats` batches (median).
+- certify_s_per_image: `robust_jax.smoothing.certify` with n0 = 100, n = 10,000, alpha = 0.001, batch 400, median
+  over `--images` images after a compiled warm-up.
+
+What is used (`robust_jax.models.resnet.fast_inference`, defaults): BatchNorm folded into the convolutions
+(convolution + bias + ReLU only), float32, and on a single CPU device the 400 rows go through the network in
+lax.map slices of 16 (resnet.CPU_BATCH_CHUNK: the 16-channel first stage then works in cache); certify's n0 = 100
+selection draw runs a 128-row step instead of a masked 400-row one (sampling.step_batch_size). Measured in one run
+under load, samples per CPU-second: plain Flax model 101-110, folded + slices of 50 117-127, of 16 123; with the
+machine briefly quiet, wall samples/s: plain 148, slices of 16 ~188, torch ~180 (so about 1.0x torch, not 1.5x).
+Tried and not kept: `--dtype bfloat16` (avx512_bf16; +10-20% per CPU-second, but on this benchmark's calibrated
+random network only ~54% of noisy predictions agree with float32, so it is not a default: a trained network must be
+checked first); XLA options xla_cpu_use_onednn and xla_cpu_use_xnnpack (same CPU time, compared in one run through
+compile(compiler_options=...)), xla_cpu_experimental_{xnn,ynn}_fusion_type (compiled convolutions unchanged),
+xla_cpu_use_thunk_runtime (no longer supported); NCHW layout (slower convolutions in a micro-benchmark); cheaper noise
+(the per-row fold_in noise for 400 rows takes ~50 ms, about 1% of the step).
+
+The reference (Cohen et al.'s PyTorch code, torch 2.13 CPU, 2 threads, quiet 2-core machine): 194 samples/s and
+52.5 s per image; floor 1.0x, target 1.5x. The machine may be shared, so the load average is printed and
+`--with_torch_reference` times a PyTorch ResNet-110 (same architecture, NCHW, eval mode, no_grad, batch 400 of
+x + 0.25 * randn, torch.set_num_threads(2)) interleaved with ours in the same run: the ratio is the fair comparison
+under load. Torch's thread pool suffers more than XLA's from a loaded machine, so ratios measured under heavy load
+flatter us; CPU-time ratios (samples per CPU-second of this process) are printed too.
+The last line is {"benchmark": "certify_throughput", "results": {"samples_per_s": ..., "certify_s_per_image": ...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+SIGMA = 0.25
+BATCH_SIZE = 400
+N0, N, ALPHA = 100, 10_000, 0.001
+
+
+# ------------------------------------------------------------------------------------------------------ our model
+
+
+def random_resnet110(seed: int = 0):
+    """ResNet-110 variables with random weights, random BN statistics and a head calibrated to use every class."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from robust_jax.models import resnet
+
+    model = resnet.resnet110(NUM_CLASSES)
+    variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *IMAGE_SHAPE)))
+    rng = np.random.default_rng(seed)
+
+    def random_statistic(path, leaf):
+        if jax.tree_util.keystr(path).endswith("['var']"):
+            return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), jnp.float32)
+        return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), jnp.float32)
+
+    stats = jax.tree_util.tree_map_with_path(random_statistic, variables["batch_stats"])
+    params = jax.tree.map(lambda leaf: leaf, variables["params"])
+    # A random deep ResNet maps every input to nearly the same logits; standardising each logit over noisy copies of
+    # a few images (an affine change of the head) gives a classifier whose votes are spread over the classes.
+    images = rng.uniform(0, 1, (8, *IMAGE_SHAPE)).astype(np.float32)
+    noisy = np.repeat(images, 25, axis=0) + SIGMA * rng.standard_normal((200, *IMAGE_SHAPE)).astype(np.float32)
+    logits = np.asarray(jax.jit(model.apply)({"params": params, "batch_stats": stats}, noisy))
+    mean_C, std_C = logits.mean(0), logits.std(0) + 1e-12
+    head = params["head"]
+    params["head"] = {
+        "kernel": head["kernel"] / std_C,
+        "bias": (head["bias"] - mean_C) / std_C,
+    }
+    return model, {"params": params, "batch_stats": stats}
+
+
+def prediction_agreement(model, variables, dtype_name: str, images: int = 4, seed: int = 1) -> float:
+    """Fraction of noisy inputs (batches of 400 around random images) where fast_inference in dtype_name and the
+    unfolded float32 model predict the same class.
+
+    A stress test: the random network maps all inputs to nearly the same features and the calibrated head magnifies
+    what differences remain, so rounding flips predictions far more often than in a trained network.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from robust_jax.models import resnet
+
+    fast_apply, fast_params = resnet.fast_inference(model, variables, dtype=jnp.dtype(dtype_name))
+    reference, fast = jax.jit(model.apply), jax.jit(fast_apply)
+    rng = np.random.default_rng(seed)
+    agree = total = 0
+    classes = set()
+    for _ in range(images):
+        x = rng.uniform(0, 1, IMAGE_SHAPE).astype(np.float32)
+        noisy = x + SIGMA * rng.standard_normal((BATCH_SIZE, *IMAGE_SHAPE)).astype(np.float32)
+        want = np.argmax(np.asarray(reference(variables, noisy)), -1)
+        got = np.argmax(np.asarray(fast(fast_params, noisy)), -1)
+        agree += int(np.sum(want == got))
+        total += want.size
+        classes.update(want.tolist())
+    print(f"agreement of {dtype_name} fast_inference with the float32 model: {agree / total:.4f} "
+          f"({total} noisy inputs, {len(classes)} classes predicted)", flush=True)
+    return agree / total
+
+
+class JaxCounting:
+    """The counting step that certify runs, on the default mesh, ready to time one batch at a time."""
+
+    def __init__(self, apply_fn, params, batch_size: int):
+        import jax
+        import numpy as np
+
+        from robust_jax.core.mesh import make_data_mesh, replicated
+        from robust_jax.smoothing.sampling import counting_step
+
+        self.mesh = make_data_mesh()
+        everywhere = replicated(self.mesh)
+        self.step = counting_step(apply_fn, self.mesh, batch_size, NUM_CLASSES)
+        self.params = jax.device_put(params, everywhere)
+        self.x = jax.device_put(np.random.default_rng(2).uniform(0, 1, IMAGE_SHAPE).astype(np.float32), everywhere)
+        self.key = jax.device_put(jax.random.key(3), everywhere)
+        self.sigma = jax.device_put(np.float32(SIGMA), everywhere)
+        self.batch_size = batch_size
+        self.batch_index = 0
+
+    def run_batch(self):
+        import jax
+        import numpy as np
+
+        self.batch_index += 1
+        counts = self.step(self.params, self.x, self.key, np.int32(self.batch_index), np.int32(self.batch_size),
+                           self.sigma)
+        jax.block_until_ready(counts)
+
+
+# ------------------------------------------------------------------------------------------------ torch reference
+
+
+def torch_counting(batch_size: int):
+    """Cohen et al.'s CIFAR ResNet-110 in PyTorch (normalisation layer first), one noisy batch + argmax + count."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+
+    class BasicBlock(nn.Module):
+        def __init__(self, in_planes, planes, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.downsample = None
+            if stride != 1 or in_planes != planes:
+                self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                                nn.BatchNorm2d(planes))
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet110(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1))
+            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            blocks, in_planes = [], 16
+            for stage, planes in enumerate((16, 32, 64)):
+                for block in range(18):
+                    blocks.append(BasicBlock(in_planes, planes, 2 if stage > 0 and block == 0 else 1))
+                    in_planes = planes
+            self.layers = nn.Sequential(*blocks)
+            self.fc = nn.Linear(64, NUM_CLASSES)
+
+        def forward(self, x):
+            x = (x - self.mean) / self.std
+            x = self.layers(torch.relu(self.bn1(self.conv1(x))))
+            return self.fc(torch.flatten(nn.functional.avg_pool2d(x, 8), 1))
+
+    model = ResNet110().eval()
+    x = torch.rand(1, 3, 32, 32)
+
+    def run_batch():
+        with torch.no_grad():
+            logits = model(x + SIGMA * torch.randn(batch_size, 3, 32, 32))
+            return torch.bincount(logits.argmax(1), minlength=NUM_CLASSES)
+
+    return run_batch
+
+
+# ---------------------------------------------------------------------------------------------------------- timing
+
+
+def _timed(run_batch) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one batch."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run_batch()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def counting_throughput(runners: dict, batch_size: int, repeats: int) -> dict:
+    """Median samples/s (wall and per CPU-second) of each runner, timed round-robin so load affects all alike."""
+    for run_batch in runners.values():
+        run_batch()  # compile / warm up
+    walls = {name: [] for name in runners}
+    cpus = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run_batch in runners.items():
+            wall, cpu = _timed(run_batch)
+            walls[name].append(batch_size / wall)
+            cpus[name].append(batch_size / max(cpu, 1e-9))
+    return {name: {"samples_per_s": statistics.median(walls[name]),
+                   "samples_per_cpu_s": statistics.median(cpus[name]),
+                   "all_samples_per_s": [round(v, 1) for v in walls[name]]} for name in runners}
+
+
+def certify_seconds_per_image(apply_fn, params, images: int, batch_size: int) -> float:
+    import jax
+    import numpy as np
+
+    from robust_jax.smoothing import certify
+
+    rng = np.random.default_rng(4)
+    key = jax.random.key(5)
+
+    def one(index: int) -> float:
+        x = rng.uniform(0, 1, IMAGE_SHAPE).astype(np.float32)
+        start = time.perf_counter()
+        certify(apply_fn, params, x, sigma=SIGMA, n0=N0, n=N, alpha=ALPHA, batch_size=batch_size,
+                key=jax.random.fold_in(key, index), num_classes=NUM_CLASSES)
+        return time.perf_counter() - start
+
+    # Compiles every step certify needs (n0 and n batches) on a short run with the same shapes.
+    certify(apply_fn, params, rng.uniform(0, 1, IMAGE_SHAPE).astype(np.float32), sigma=SIGMA, n0=N0,
+            n=batch_size, alpha=ALPHA, batch_size=batch_size, key=key, num_classes=NUM_CLASSES)
+    seconds = []
+    for index in range(images):
+        seconds.append(one(index))
+        print(f"certify image {index}: {seconds[-1]:.1f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    return statistics.median(seconds)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--repeats", type=int, default=5, help="timed batches per runner for samples_per_s")
+    parser.add_argument("--images", type=int, default=3, help="images timed for certify_s_per_image")
+    parser.add_argument("--with_torch_reference", action="store_true",
+                        help="also time the PyTorch ResNet-110 (2 threads) interleaved with ours in this run")
+    parser.add_argument("--compare_unfolded", action="store_true",
+                        help="also time the plain (unfolded, float32) Flax model's counting step")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.repeats < 1 or args.images < 0:
+        parser.error("--batch_size and --repeats must be >= 1 and --images >= 0")
+
+    import jax
+    import jax.numpy as jnp
+
+    from robust_jax.models import resnet
+
+    details = {"load_average_before": os.getloadavg(), "dtype": args.dtype, "devices": jax.device_count(),
+               "batch_size": args.batch_size, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    model, variables = random_resnet110()
+    apply_fn, params = resnet.fast_inference(model, variables, dtype=jnp.dtype(args.dtype))
+    # Folding and slicing change float rounding, bfloat16 much more: how often does the prediction change?
+    details["prediction_agreement_with_float32"] = prediction_agreement(model, variables, args.dtype)
+
+    runners = {"jax": JaxCounting(apply_fn, params, args.batch_size).run_batch}
+    if args.compare_unfolded:
+        runners["jax_unfolded_float32"] = JaxCounting(model.apply, variables, args.batch_size).run_batch
+    if args.with_torch_reference:
+        runners["torch"] = torch_counting(args.batch_size)
+    throughput = counting_throughput(runners, args.batch_size, args.repeats)
+    for name, figures in throughput.items():
+        print(f"{name:22s} {figures['samples_per_s']:7.1f} samples/s  {figures['samples_per_cpu_s']:7.1f} "
+              f"samples/CPU-s  runs {figures['all_samples_per_s']}", flush=True)
+    details["throughput"] = throughput
+    if args.with_torch_reference:
+        torch_figures = throughput["torch"]
+        for name, figures in throughput.items():
+            if name != "torch":
+                details[f"{name}_speedup_vs_torch"] = figures["samples_per_s"] / torch_figures["samples_per_s"]
+                details[f"{name}_cpu_speedup_vs_torch"] = (figures["samples_per_cpu_s"]
+                                                           / torch_figures["samples_per_cpu_s"])
+        # Cohen et al.'s certify runs n0 = 100 then n = 10,000 samples: its time is about (n0 + n) / samples_per_s.
+        details["torch_certify_s_per_image_estimate"] = (N0 + N) / torch_figures["samples_per_s"]
+        print(f"ours / torch: {details['jax_speedup_vs_torch']:.2f}x wall, "
+              f"{details['jax_cpu_speedup_vs_torch']:.2f}x per CPU-second", flush=True)
+
+    results = {"samples_per_s": throughput["jax"]["samples_per_s"]}
+    results["certify_s_per_image"] = (certify_seconds_per_image(apply_fn, params, args.images, args.batch_size)
+                                      if args.images else None)
+    details["load_average_after"] = os.getloadavg()
+    print(json.dumps({"details": details}))
+    print(json.dumps({"benchmark": "certify_throughput", "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""robust_jax/smoothing/sampling.py: the smaller step used when fewer samples than a batch are asked for.
+
+Checked against the documented noise layout evaluated directly (row r of batch 0 is N(0, I) drawn with
+fold_in(fold_in(key, 0), r)), on 1 and 8 devices.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from robust_jax.core.mesh import make_data_mesh
+from robust_jax.smoothing import sample_counts
+from robust_jax.smoothing.sampling import step_batch_size
+
+from .linear_classifier import DIMENSION, random_linear_logits, random_linear_params
+
+SIGMA = 0.5
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "num_samples", "expected"),
+    [(400, 100, 128), (400, 400, 400), (400, 10_000, 400), (400, 1, 1), (100, 7, 8), (100, 65, 100), (100, 64, 64)],
+)
+def test_step_batch_size(batch_size, num_samples, expected):
+    assert step_batch_size(batch_size, num_samples) == expected
+
+
+def test_fewer_samples_than_a_batch_follow_the_documented_layout(key):
+    params = random_linear_params()
+    x = np.random.default_rng(3).uniform(0, 1, DIMENSION).astype(np.float32)
+    num_samples = 100  # runs a 128-row step instead of a 400-row one
+    batch_key = jax.random.fold_in(key, 0)
+    noise = jax.vmap(lambda row: jax.random.normal(jax.random.fold_in(batch_key, row), (DIMENSION,)))(
+        np.arange(num_samples))
+    votes = np.argmax(np.asarray(random_linear_logits(params, x[None] + SIGMA * noise)), axis=-1)
+    expected = np.bincount(votes, minlength=10)
+    assert np.count_nonzero(expected) > 2  # enough classes that a change in the noise would show
+    for devices in (jax.devices()[:1], jax.devices()):
+        for batch_size in (400, 100, 10_000):
+            got = sample_counts(random_linear_logits, params, x, sigma=SIGMA, num_samples=num_samples,
+                                batch_size=batch_size, key=key, mesh=make_data_mesh(devices))
+            np.testing.assert_array_equal(got, expected)
