@@ -17,7 +17,7 @@ from absl import app, flags
 from robust_jax.core.config_loading import load_config_file
 from robust_jax.core.run import run_study
 
-STUDIES = ("digits", "icl", "smoothing", "sde")
+STUDIES = ("digits", "icl", "smoothing", "sde", "clip_pretrain")
 
 _PRESET = flags.DEFINE_string("preset", "cpu", "Preset to run for every study")
 _STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run")
