@@ -14,10 +14,10 @@ from robust_jax.models.resnet import (
     resnet50,
     resnet110,
 )
-from robust_jax.models.vit import ViT, ViTOutput, vit, vit_base, vit_small, vit_tiny
+from robust_jax.models.vit import ViT, ViTOutput, vit_base, vit_small, vit_tiny
 
 __all__ = [
     "CLIP", "CLIPConfig", "CLIPTokenizer", "CheckpointError", "CifarResNet", "ImageNetResNet", "SmallCNN", "ViT",
     "ViTOutput", "fold_batch_norm", "from_huggingface", "from_openclip", "get_config", "resnet18", "resnet20",
-    "resnet50", "resnet110", "vit", "vit_base", "vit_small", "vit_tiny",
+    "resnet50", "resnet110", "vit_base", "vit_small", "vit_tiny",
 ]
