@@ -26,11 +26,9 @@ PRESETS = ("tiny", "cpu")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    from robust_jax.core.config_checks import ConfigError
+    from robust_jax.core.config_checks import check_preset
 
-    preset = preset or "cpu"
-    if preset not in PRESETS:
-        raise ConfigError(f"preset={preset!r} is not allowed: must be one of {list(PRESETS)}")
+    preset = check_preset(preset, PRESETS)
     c = ml_collections.ConfigDict()
     c.study = "clip_pretrain"
     c.preset = preset

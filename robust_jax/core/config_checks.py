@@ -61,3 +61,11 @@ def check_divisible(field: str, value: int, divisor: int, what: str):
     if value % divisor:
         _fail(field, value, f"must be divisible by {what} ({divisor})")
     return value
+
+
+def check_preset(preset: str | None, presets, default: str = "cpu") -> str:
+    """The preset a config file's get_config was asked for (default when empty), or ConfigError listing them."""
+    preset = preset or default
+    if preset not in presets:
+        raise ConfigError(f"preset={preset!r} is not allowed: must be one of {list(presets)}")
+    return preset
