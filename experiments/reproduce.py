@@ -13,6 +13,7 @@ import shutil
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from robust_jax.core.config_loading import load_config_file
 from robust_jax.core.run import run_study
@@ -37,6 +38,7 @@ def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 def main(argv):
     del argv
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
     configs_dir = os.path.join(os.path.dirname(__file__), "configs")
     os.makedirs(_OUT.value, exist_ok=True)
     sections = ["# robust_jax reproduction report", ""]
