@@ -9,7 +9,7 @@ Presets:
         consistency regularisation (Jeong & Shin, lambda = 10, eta = 0.5, 2 copies) and 1-pixel translations;
         4,000 Adam steps at batch 128; CERTIFY with
         alpha = 0.001, n0 = 100, n = 10,000 on every 3rd test digit (120 of 360). See results.json / certified_accuracy.md.
-        Measured (2-core CPU shared with other jobs, load 4-5): 11.4 min wall, 9.3 min CPU. Certified accuracy
+        Measured: 7.0 min on an idle 2-core CPU (a run on a loaded machine gave identical metrics). Certified accuracy
         at r = 0 / 0.25 / 0.5 / 0.75: sigma 0.12: 1.00 / 0.95 / 0 / 0; sigma 0.25: 0.98 / 0.93 / 0.68 / 0.17;
         sigma 0.5: 0.89 / 0.62 / 0.22 / 0. (n = 10,000 at alpha = 0.001 caps the radius at 3.2 sigma.)
 
