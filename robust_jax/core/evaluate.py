@@ -32,8 +32,6 @@ def evaluate(
     """
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     size = len(next(iter(arrays.values())))
-    local = mesh_lib.local_batch_size(batch_size)
-    lo = jax.process_index() * local
 
     @jax.jit
     def batch_sums(params, batch):
@@ -44,15 +42,29 @@ def evaluate(
     totals: dict[str, float] = {}
     num_batches = -(-size // batch_size)
     with Progress(num_batches, desc or "evaluate", enabled=desc is not None and jax.process_index() == 0) as progress:
-        for start in range(0, size, batch_size):
-            rows = np.arange(start + lo, start + lo + local)
-            mask = rows < size
-            rows = np.where(mask, rows, 0)
-            batch = {name: array[rows] for name, array in arrays.items()}
-            batch["mask"] = mask
-            batch["index"] = rows.astype(np.int32)  # per-example randomness: fold_in(key, index)
-            sums = jax.device_get(batch_sums(params, mesh_lib.global_batch(mesh, batch)))
+        for batch in padded_batches(arrays, batch_size=batch_size, mesh=mesh):
+            sums = jax.device_get(batch_sums(params, batch))
             for name, value in sums.items():
                 totals[name] = totals.get(name, 0.0) + float(value)
             progress.update(1)
     return {name: total / size for name, total in totals.items()}
+
+
+def padded_batches(arrays: dict[str, np.ndarray], *, batch_size: int, mesh: Mesh):
+    """Global batches covering the dataset once, the last one padded with row 0 and masked.
+
+    Each batch holds the arrays' rows plus "mask" (False on padding) and, unless the arrays carry their own,
+    "index" (each row's position in the dataset, for per-example randomness with fold_in(key, index)); this
+    process feeds its slice of every batch.
+    """
+    size = len(next(iter(arrays.values())))
+    local = mesh_lib.local_batch_size(batch_size)
+    lo = jax.process_index() * local
+    for start in range(0, size, batch_size):
+        rows = np.arange(start + lo, start + lo + local)
+        mask = rows < size
+        rows = np.where(mask, rows, 0)
+        batch = {name: array[rows] for name, array in arrays.items()}
+        batch["mask"] = mask
+        batch.setdefault("index", rows.astype(np.int32))
+        yield mesh_lib.global_batch(mesh, batch)

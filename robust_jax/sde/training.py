@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.checkpoint import Checkpointer, abstract_like
+from robust_jax.core.evaluate import padded_batches
 from robust_jax.core.metrics import MetricsWriter
 from robust_jax.core.progress import Progress
 from robust_jax.core.train import TrainState
@@ -147,17 +148,9 @@ def evaluate_split(fns: CellFunctions, state: TrainState, arrays: dict, times, e
                    mesh: Mesh) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) over one split; fixed padded batches so the function compiles once."""
     size = len(arrays["label"])
-    local = mesh_lib.local_batch_size(batch_size)
-    lo = jax.process_index() * local
     correct = loss = 0.0
-    for start in range(0, size, batch_size):
-        rows = np.arange(start + lo, start + lo + local)
-        mask = rows < size
-        rows = np.where(mask, rows, 0)
-        batch = {name: array[rows] for name, array in arrays.items()}
-        batch["mask"] = mask
-        sums = jax.device_get(fns.eval_sums(state.params, state.model_state, mesh_lib.global_batch(mesh, batch),
-                                            times, eval_key))
+    for batch in padded_batches(arrays, batch_size=batch_size, mesh=mesh):
+        sums = jax.device_get(fns.eval_sums(state.params, state.model_state, batch, times, eval_key))
         correct += float(sums["correct"])
         loss += float(sums["loss"])
     return correct / size, loss / size

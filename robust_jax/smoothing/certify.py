@@ -16,8 +16,8 @@ from scipy import stats
 
 from robust_jax.smoothing.checks import (
     check_positive_int,
-    check_positive_real,
     check_probability,
+    check_sampling_arguments,
     check_unit_interval_input,
 )
 from robust_jax.smoothing.sampling import _sample_counts_unchecked, as_noise_dtype, sample_counts
@@ -70,12 +70,8 @@ def predict(
     n_B (n_A out of n_A + n_B at p = 1/2) rejects at level alpha; then the returned class differs from g(x) with
     probability at most alpha.
     """
-    sigma = check_positive_real("sigma", sigma)
-    n = check_positive_int("n", n)
-    alpha = check_probability("alpha", alpha)
-    batch_size = check_positive_int("batch_size", batch_size)
-    if num_classes is not None:
-        num_classes = check_positive_int("num_classes", num_classes)
+    args = check_sampling_arguments(sigma=sigma, n=n, alpha=alpha, batch_size=batch_size, num_classes=num_classes)
+    sigma, n, alpha, batch_size, num_classes = (args[k] for k in ("sigma", "n", "alpha", "batch_size", "num_classes"))
     x_host = as_noise_dtype(check_unit_interval_input("x", x))
 
     counts = _sample_counts_unchecked(apply_fn, params, x_host, sigma, n, batch_size, key, num_classes, mesh)
@@ -102,13 +98,10 @@ def certify(
 
     With probability at least 1 - alpha over the sampling, g(x + delta) = class for every ||delta||_2 < radius.
     """
-    sigma = check_positive_real("sigma", sigma)
-    n0 = check_positive_int("n0", n0)
-    n = check_positive_int("n", n)
-    alpha = check_probability("alpha", alpha)
-    batch_size = check_positive_int("batch_size", batch_size)
-    if num_classes is not None:
-        num_classes = check_positive_int("num_classes", num_classes)
+    args = check_sampling_arguments(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                                    num_classes=num_classes)
+    sigma, n0, n, alpha, batch_size, num_classes = (
+        args[k] for k in ("sigma", "n0", "n", "alpha", "batch_size", "num_classes"))
     x_host = as_noise_dtype(check_unit_interval_input("x", x))
 
     def counts_from(stream: int, num_samples: int) -> np.ndarray:

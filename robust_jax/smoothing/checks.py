@@ -49,3 +49,16 @@ def check_unit_interval_input(name: str, x) -> np.ndarray:
             f"{name} must have values in [0, 1] (normalise inside the model), got range [{low}, {high}]"
         )
     return array
+
+
+def check_sampling_arguments(*, sigma, batch_size, num_classes=None, alpha=None, **sample_counts) -> dict:
+    """The checks every sampling entry point shares; returns the validated values by name.
+
+    sample_counts are the named sample counts of the call (n, n0, num_samples, ...), each an integer >= 1.
+    """
+    checked = {"sigma": check_positive_real("sigma", sigma), "batch_size": check_positive_int("batch_size", batch_size)}
+    checked.update({name: check_positive_int(name, value) for name, value in sample_counts.items()})
+    if alpha is not None:
+        checked["alpha"] = check_probability("alpha", alpha)
+    checked["num_classes"] = None if num_classes is None else check_positive_int("num_classes", num_classes)
+    return checked

@@ -24,8 +24,7 @@ from jax.sharding import Mesh
 from robust_jax.smoothing.certify import certify
 from robust_jax.smoothing.checks import (
     check_positive_int,
-    check_positive_real,
-    check_probability,
+    check_sampling_arguments,
     check_unit_interval_input,
 )
 from robust_jax.core.progress import Progress
@@ -155,11 +154,8 @@ def certify_dataset(
     images: array of shape (examples, ...) with values in [0, 1]; labels: integer array of shape (examples,).
     max_new_examples stops after that many newly certified examples (a time-boxed run; rerun to continue).
     """
-    sigma = check_positive_real("sigma", sigma)
-    check_positive_int("n0", n0)
-    check_positive_int("n", n)
-    check_probability("alpha", alpha)
-    check_positive_int("batch_size", batch_size)
+    sigma = check_sampling_arguments(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                                     num_classes=num_classes)["sigma"]
     every = check_positive_int("every", every)
     if max_new_examples is not None and (isinstance(max_new_examples, bool) or max_new_examples < 0):
         raise ValueError(f"max_new_examples must be None or an integer >= 0, got {max_new_examples!r}")

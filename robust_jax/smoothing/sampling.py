@@ -31,8 +31,7 @@ from jax.sharding import Mesh
 
 from robust_jax.core.mesh import batch_sharding, make_data_mesh, replicated
 from robust_jax.smoothing.checks import (
-    check_positive_int,
-    check_positive_real,
+    check_sampling_arguments,
     check_unit_interval_input,
 )
 
@@ -135,11 +134,10 @@ def sample_counts(
     x is one input of any shape with values in [0, 1]. mesh defaults to every device on the 'data' axis.
     Returns an int64 array of length num_classes that sums to num_samples.
     """
-    sigma = check_positive_real("sigma", sigma)
-    num_samples = check_positive_int("num_samples", num_samples)
-    batch_size = check_positive_int("batch_size", batch_size)
-    if num_classes is not None:
-        num_classes = check_positive_int("num_classes", num_classes)
+    args = check_sampling_arguments(sigma=sigma, num_samples=num_samples, batch_size=batch_size,
+                                    num_classes=num_classes)
+    sigma, num_samples, batch_size, num_classes = (
+        args[k] for k in ("sigma", "num_samples", "batch_size", "num_classes"))
     x_host = check_unit_interval_input("x", x)
     x_host = as_noise_dtype(x_host)
     return _sample_counts_unchecked(
