@@ -259,20 +259,29 @@ class MultiHeadSelfAttention(nn.Module):
     out_init_std: float | None = None
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, causal: bool) -> jax.Array:
+    def __call__(self, x_BxLxD: jax.Array, causal: bool, query_index_B: jax.Array | None = None) -> jax.Array:
+        """(B, L, D) -> (B, L, D); with `query_index_B`, only the query at that position of each sequence is
+        computed (keys and values still come from every position): (B, L, D) -> (B, 1, D)."""
         batch, length, width = x_BxLxD.shape
         head_dim = width // self.heads
         std = width**-0.5
         qkv_BxLx3D = nn.Dense(3 * width, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.normal(std), name="in_proj")(x_BxLxD)
         qkv_BxLx3xHxK = qkv_BxLx3D.reshape(batch, length, 3, self.heads, head_dim)
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+        q_BxQxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
         # Default scale 1/sqrt(head_dim), the same as OpenCLIP (scaled logits) and HF (scaled queries).
-        out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=causal)
+        if query_index_B is None:
+            out_BxQxHxK = jax.nn.dot_product_attention(q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=causal)
+        else:
+            q_BxQxHxK = jnp.take_along_axis(q_BxQxHxK, query_index_B[:, None, None, None], axis=1)
+            # A causal query at position p sees keys 0..p: a key length of p + 1.
+            kv_lengths_B = (query_index_B + 1).astype(jnp.int32) if causal else None
+            out_BxQxHxK = jax.nn.dot_product_attention(q_BxQxHxK, k_BxLxHxK, v_BxLxHxK,
+                                                       key_value_seq_lengths=kv_lengths_B)
         out_init_std = std if self.out_init_std is None else self.out_init_std
         return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
                         kernel_init=nn.initializers.normal(out_init_std), name="out_proj")(
-            out_BxLxHxK.reshape(batch, length, width))
+            out_BxQxHxK.reshape(batch, -1, width))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -287,14 +296,18 @@ class ResidualAttentionBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, causal: bool) -> jax.Array:
+    def __call__(self, x_BxLxD: jax.Array, causal: bool, query_index_B: jax.Array | None = None) -> jax.Array:
+        """(B, L, D) -> (B, L, D), or (B, 1, D) at `query_index_B` only (see MultiHeadSelfAttention)."""
         width = x_BxLxD.shape[-1]
         layer_norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps, dtype=self.dtype,
                                        param_dtype=self.param_dtype)
         residual_std = width**-0.5 * (2 * self.num_layers) ** -0.5  # OpenCLIP's init: residual branches start small
         attn = MultiHeadSelfAttention(self.heads, dtype=self.dtype, param_dtype=self.param_dtype,
                                       out_init_std=residual_std, name="attn")
-        x_BxLxD = x_BxLxD + attn(layer_norm(name="ln_1")(x_BxLxD), causal=causal)
+        attended_BxQxD = attn(layer_norm(name="ln_1")(x_BxLxD), causal=causal, query_index_B=query_index_B)
+        if query_index_B is not None:
+            x_BxLxD = jnp.take_along_axis(x_BxLxD, query_index_B[:, None, None], axis=1)
+        x_BxLxD = x_BxLxD + attended_BxQxD
         h_BxLxF = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
                            kernel_init=nn.initializers.normal((2 * width) ** -0.5), name="c_fc")(
             layer_norm(name="ln_2")(x_BxLxD))
@@ -314,14 +327,18 @@ class Transformer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x_BxLxD: jax.Array, causal: bool) -> jax.Array:
+    def __call__(self, x_BxLxD: jax.Array, causal: bool, pool_index_B: jax.Array | None = None) -> jax.Array:
+        """Every position's output (B, L, D), or with `pool_index_B` only the output at that position of each
+        sequence (B, D). Pooling inside the last block skips its query, attention output and MLP work at every other
+        position (about 1/12 of a 12-layer tower's FLOPs, forward and backward); the result is the same."""
         for i in range(self.layers):
+            last = i == self.layers - 1
             x_BxLxD = ResidualAttentionBlock(
                 heads=self.heads, mlp_dim=self.mlp_dim, activation=self.activation,
                 layer_norm_eps=self.layer_norm_eps, num_layers=self.layers, dtype=self.dtype,
                 param_dtype=self.param_dtype, name=f"resblocks_{i}",
-            )(x_BxLxD, causal=causal)
-        return x_BxLxD
+            )(x_BxLxD, causal=causal, query_index_B=pool_index_B if last else None)
+        return x_BxLxD if pool_index_B is None else x_BxLxD[:, 0]
 
 
 class VisionTransformer(nn.Module):
@@ -349,9 +366,11 @@ class VisionTransformer(nn.Module):
         layer_norm = functools.partial(nn.LayerNorm, epsilon=cfg.layer_norm_eps, dtype=self.dtype,
                                        param_dtype=self.param_dtype)
         x_BxTxD = layer_norm(name="ln_pre")(x_BxTxD)
-        x_BxTxD = Transformer(cfg.layers, cfg.heads, cfg.mlp_dim, cfg.activation, cfg.layer_norm_eps, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="transformer")(x_BxTxD, causal=False)
-        pooled_BxD = layer_norm(name="ln_post")(x_BxTxD[:, 0])
+        class_token_B = jnp.zeros((batch,), jnp.int32)
+        class_out_BxD = Transformer(cfg.layers, cfg.heads, cfg.mlp_dim, cfg.activation, cfg.layer_norm_eps,
+                                    dtype=self.dtype, param_dtype=self.param_dtype, name="transformer")(
+            x_BxTxD, causal=False, pool_index_B=class_token_B)
+        pooled_BxD = layer_norm(name="ln_post")(class_out_BxD)
         proj = self.param("proj", nn.initializers.normal(scale), (width, self.embed_dim), self.param_dtype)
         return pooled_BxD @ proj.astype(self.dtype)
 
@@ -371,15 +390,15 @@ class TextTransformer(nn.Module):
         positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
                                           (cfg.context_length, cfg.width), self.param_dtype)
         x_BxLxD = x_BxLxD + positional_embedding[:length].astype(self.dtype)
-        x_BxLxD = Transformer(cfg.layers, cfg.heads, cfg.mlp_dim, cfg.activation, cfg.layer_norm_eps,
-                              dtype=self.dtype, param_dtype=self.param_dtype, name="transformer")(x_BxLxD, causal=True)
-        x_BxLxD = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
-                               name="ln_final")(x_BxLxD)
         if cfg.eos_token_id is None:
             eot_position_B = jnp.argmax(token_ids_BxL, axis=-1)
         else:
             eot_position_B = jnp.argmax(token_ids_BxL == cfg.eos_token_id, axis=-1)
-        pooled_BxD = jnp.take_along_axis(x_BxLxD, eot_position_B[:, None, None], axis=1)[:, 0]
+        eot_out_BxD = Transformer(cfg.layers, cfg.heads, cfg.mlp_dim, cfg.activation, cfg.layer_norm_eps,
+                                  dtype=self.dtype, param_dtype=self.param_dtype, name="transformer")(
+            x_BxLxD, causal=True, pool_index_B=eot_position_B.astype(jnp.int32))
+        pooled_BxD = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  name="ln_final")(eot_out_BxD)
         text_projection = self.param("text_projection", nn.initializers.normal(cfg.width**-0.5),
                                      (cfg.width, self.embed_dim), self.param_dtype)
         return pooled_BxD @ text_projection.astype(self.dtype)

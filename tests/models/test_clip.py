@@ -99,6 +99,28 @@ def test_eos_token_id_pooling_differs_from_argmax(tiny, encoders):
     assert np.abs(by_argmax - by_eos).max() > 1e-3
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_pooled_last_block_equals_full_output_at_pooled_positions(key, causal):
+    """Transformer(pool_index_B=...) computes only the pooled query in its last block; values and gradients must
+    equal those of the full (B, L, D) output indexed afterwards."""
+    transformer = clip.Transformer(layers=2, heads=4, mlp_dim=64, activation="quick_gelu", layer_norm_eps=1e-5)
+    x = jax.random.normal(key, (5, 9, 32))
+    index = jnp.asarray([0, 8, 3, 3, 5], jnp.int32)
+    variables = transformer.init(jax.random.key(1), x, causal=causal)
+
+    def full(v, x):
+        return jnp.take_along_axis(transformer.apply(v, x, causal=causal), index[:, None, None], axis=1)[:, 0]
+
+    def pooled(v, x):
+        return transformer.apply(v, x, causal=causal, pool_index_B=index)
+
+    np.testing.assert_allclose(pooled(variables, x), full(variables, x), atol=1e-5)
+    weights = jax.random.normal(jax.random.key(2), (5, 32))
+    grads = [jax.grad(lambda v, x: jnp.sum(f(v, x) * weights), argnums=(0, 1))(variables, x) for f in (full, pooled)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_bad_inputs_raise_clear_errors(tiny, encoders):
     model, variables = tiny
     encode_image, encode_text = encoders
