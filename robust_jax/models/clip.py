@@ -250,6 +250,17 @@ def _square(value, name: str) -> int:
 # --------------------------------------------------------------------------------------------------------- modules
 
 
+def _reshape_tokens(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Reshapes between (B, L, ...) and (B*L, ...) layouts. Under an explicitly sharded mesh the input's leading-axis
+    sharding (the batch) is kept on the output's leading axis: JAX does not infer it when axes merge or split."""
+    sharding = jax.typeof(x).sharding
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] is None or sharding.mesh.empty:
+        return x.reshape(shape)
+    out_spec = jax.sharding.PartitionSpec(spec[0], *([None] * (len(shape) - 1)))
+    return jnp.reshape(x, shape, out_sharding=jax.sharding.NamedSharding(sharding.mesh, out_spec))
+
+
 class MultiHeadSelfAttention(nn.Module):
     """Self-attention with a fused q|k|v input projection, as in torch.nn.MultiheadAttention."""
 
@@ -265,9 +276,11 @@ class MultiHeadSelfAttention(nn.Module):
         batch, length, width = x_BxLxD.shape
         head_dim = width // self.heads
         std = width**-0.5
-        qkv_BxLx3D = nn.Dense(3 * width, dtype=self.dtype, param_dtype=self.param_dtype,
-                              kernel_init=nn.initializers.normal(std), name="in_proj")(x_BxLxD)
-        qkv_BxLx3xHxK = qkv_BxLx3D.reshape(batch, length, 3, self.heads, head_dim)
+        # Dense layers see (B*L, D) matrices: XLA's backward dots then need no transposed copies of the activations.
+        qkv_NxD3 = nn.Dense(3 * width, dtype=self.dtype, param_dtype=self.param_dtype,
+                            kernel_init=nn.initializers.normal(std), name="in_proj")(
+            _reshape_tokens(x_BxLxD, (-1, width)))
+        qkv_BxLx3xHxK = _reshape_tokens(qkv_NxD3, (batch, length, 3, self.heads, head_dim))
         q_BxQxHxK, k_BxLxHxK, v_BxLxHxK = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
         # Default scale 1/sqrt(head_dim), the same as OpenCLIP (scaled logits) and HF (scaled queries).
         if query_index_B is None:
@@ -279,9 +292,10 @@ class MultiHeadSelfAttention(nn.Module):
             out_BxQxHxK = jax.nn.dot_product_attention(q_BxQxHxK, k_BxLxHxK, v_BxLxHxK,
                                                        key_value_seq_lengths=kv_lengths_B)
         out_init_std = std if self.out_init_std is None else self.out_init_std
-        return nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                        kernel_init=nn.initializers.normal(out_init_std), name="out_proj")(
-            out_BxQxHxK.reshape(batch, -1, width))
+        out_NxD = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
+                           kernel_init=nn.initializers.normal(out_init_std), name="out_proj")(
+            _reshape_tokens(out_BxQxHxK, (-1, width)))
+        return _reshape_tokens(out_NxD, (batch, out_BxQxHxK.shape[1], width))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -307,14 +321,14 @@ class ResidualAttentionBlock(nn.Module):
         attended_BxQxD = attn(layer_norm(name="ln_1")(x_BxLxD), causal=causal, query_index_B=query_index_B)
         if query_index_B is not None:
             x_BxLxD = jnp.take_along_axis(x_BxLxD, query_index_B[:, None, None], axis=1)
-        x_BxLxD = x_BxLxD + attended_BxQxD
-        h_BxLxF = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
-                           kernel_init=nn.initializers.normal((2 * width) ** -0.5), name="c_fc")(
-            layer_norm(name="ln_2")(x_BxLxD))
-        h_BxLxF = _activation_fn(self.activation)(h_BxLxF)
-        h_BxLxD = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
-                           kernel_init=nn.initializers.normal(residual_std), name="c_proj")(h_BxLxF)
-        return x_BxLxD + h_BxLxD
+        x_BxQxD = x_BxLxD + attended_BxQxD
+        h_NxF = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+                         kernel_init=nn.initializers.normal((2 * width) ** -0.5), name="c_fc")(
+            _reshape_tokens(layer_norm(name="ln_2")(x_BxQxD), (-1, width)))
+        h_NxF = _activation_fn(self.activation)(h_NxF)
+        h_NxD = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
+                         kernel_init=nn.initializers.normal(residual_std), name="c_proj")(h_NxF)
+        return x_BxQxD + _reshape_tokens(h_NxD, x_BxQxD.shape)
 
 
 class Transformer(nn.Module):
