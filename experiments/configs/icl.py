@@ -57,6 +57,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.gpt2_learning_rate = 1e-3
     c.gpt2_points = 2 * c.dim + 1
     c.gpt2_curriculum = True
+    # Gradient accumulated over micro-batches of this many prompts (0: the whole batch at once). The same gradient
+    # (other prompts: each micro-batch draws from its own key); on CPUs micro-batches of 16 run ~1.3-1.4x faster.
+    c.gpt2_micro_batch_size = 16
     c.log_every = 200
     if preset == "tiny":
         c.dim = 3
@@ -74,6 +77,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.gpt2_steps = 10
         c.gpt2_batch_size = 16
         c.gpt2_points = 7
+        c.gpt2_micro_batch_size = 8
         c.log_every = 10
     elif preset == "paper":
         c.dim = 20
@@ -90,4 +94,5 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.gpt2_steps = 500_000
         c.gpt2_learning_rate = 1e-4
         c.gpt2_points = 41
+        c.gpt2_micro_batch_size = 0  # accelerators: the whole batch in one pass
     return c

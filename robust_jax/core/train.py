@@ -66,6 +66,7 @@ class TrainLoopConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     fsdp_min_size: int = 0  # 0: parameters replicated; else shard leaves with at least this many elements
+    micro_batch_size: int = 0  # 0: the whole batch at once; else accumulate gradients (micro_batched_value_and_grad)
     async_checkpoints: bool = True
 
 
@@ -104,15 +105,70 @@ def _state_initializer(init_fn: Callable, optimizer: optax.GradientTransformatio
     return init_state
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, train_key: jax.Array):
+def micro_batched_value_and_grad(fn: Callable, micro_batch_size: int = 0, *, has_aux: bool = False) -> Callable:
+    """`jax.value_and_grad(fn, has_aux)` for `fn(params, batch, key, *rest)` whose loss is a mean over the examples
+    of `batch` (a pytree of arrays sharing a leading example axis), accumulated over micro-batches.
+
+    With `micro_batch_size` m > 0 the batch of B examples is cut into B / m micro-batches and a `lax.scan` sums their
+    losses and gradients, then divides by their number: the same mean loss and gradient (up to float rounding) for a
+    deterministic loss, with a working set m / B the size. On CPUs that often runs faster, because the activations
+    of a micro-batch stay in cache; on accelerators it trades speed for memory. Micro-batch c holds examples
+    c, c + B/m, c + 2B/m, ..., so a batch sharded over devices stays evenly sharded in every micro-batch, and it gets
+    the key `fold_in(key, c)`: randomness drawn from the key is independent between micro-batches. Floating aux
+    outputs are averaged over the micro-batches, others are taken from the last one (batch statistics are
+    per micro-batch). m = 0 or m = B is plain `jax.value_and_grad`.
+    """
+    grad_fn = jax.value_and_grad(fn, has_aux=has_aux)
+    if micro_batch_size == 0:
+        return grad_fn
+
+    def accumulated(params, batch, key, *rest):
+        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(batch)}
+        if len(sizes) != 1:
+            raise ValueError(f"batch arrays have different leading sizes {sorted(sizes)}")
+        (batch_size,) = sizes
+        if micro_batch_size < 0 or batch_size % micro_batch_size:
+            raise ValueError(f"micro_batch_size={micro_batch_size} must be positive and divide the batch size "
+                             f"{batch_size}")
+        count = batch_size // micro_batch_size
+        if count == 1:
+            return grad_fn(params, batch, key, *rest)
+        # (B, ...) -> (count, m, ...): micro-batch c takes rows c, c + count, ... (strided across device shards).
+        chunks = jax.tree.map(
+            lambda leaf: jnp.swapaxes(leaf.reshape(micro_batch_size, count, *leaf.shape[1:]), 0, 1), batch)
+
+        def one(c, chunk):
+            return grad_fn(params, chunk, jax.random.fold_in(key, c), *rest)
+
+        first = jax.eval_shape(one, 0, jax.tree.map(lambda leaf: leaf[0], chunks))
+        zeros = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), first)
+
+        def body(carry, c_chunk):
+            out = one(*c_chunk)
+            summed = jax.tree.map(
+                lambda total, new: total + new if jnp.issubdtype(new.dtype, jnp.inexact) else new, carry, out)
+            return summed, None
+
+        total, _ = jax.lax.scan(body, zeros, (jnp.arange(count), chunks))
+        return jax.tree.map(lambda leaf: leaf / count if jnp.issubdtype(leaf.dtype, jnp.inexact) else leaf, total)
+
+    return accumulated
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, train_key: jax.Array,
+                    micro_batch_size: int = 0):
     # A loss with a `step` parameter (curricula, schedules inside the loss) gets the step number.
     takes_step = "step" in inspect.signature(loss_fn).parameters
 
+    def batch_loss(params, batch, key, model_state, step):
+        extra = {"step": step} if takes_step else {}
+        return loss_fn(params, model_state, batch, key, **extra)
+
+    grad_fn = micro_batched_value_and_grad(batch_loss, micro_batch_size, has_aux=True)
+
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(train_key, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        extra = {"step": state.step} if takes_step else {}
-        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch, key, **extra)
+        (loss, (metrics, model_state)), grads = grad_fn(state.params, batch, key, state.model_state, state.step)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss)
@@ -163,7 +219,7 @@ def train(
         start = int(jax.device_get(state.step))
 
         step_fn = jax.jit(
-            make_train_step(loss_fn, optimizer, train_key),
+            make_train_step(loss_fn, optimizer, train_key, loop.micro_batch_size),
             in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
             out_shardings=(shardings, mesh_lib.replicated(mesh)),
             donate_argnums=0,

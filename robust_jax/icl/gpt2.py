@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from robust_jax.core.train import micro_batched_value_and_grad
 from robust_jax.icl.evaluate import normalized_squared_error
 from robust_jax.icl.tasks import Prompts, PromptSpec, prompts_at, sample_prompts
 from robust_jax.models.transformer import CausalTransformer
@@ -207,28 +208,42 @@ def _check_training_spec(model: InContextGPT2, spec: PromptSpec, curriculum: Cur
 
 
 def make_train_step(model: InContextGPT2, spec: PromptSpec, batch_size: int, curriculum: Curriculum,
-                    optimizer: optax.GradientTransformation) -> Callable:
+                    optimizer: optax.GradientTransformation, micro_batch_size: int = 0) -> Callable:
     """A jitted `step(state, key) -> (state, metrics)` on fresh prompts from `spec` drawn with fold_in(key, step).
 
     spec gives the prompt distribution at the curriculum's final size (spec.n_context + 1 = points_end). The state
-    is donated. metrics: loss, active_dims, n_points (of this step).
+    is donated. metrics: loss, active_dims, n_points (of this step). `micro_batch_size` > 0 accumulates the gradient
+    over micro-batches of that many prompts (`robust_jax.core.train.micro_batched_value_and_grad`): the same
+    gradient, often faster on CPU.
     """
     _check_training_spec(model, spec, curriculum, batch_size)
+    check_micro_batch_size(micro_batch_size, batch_size)
 
-    def loss_fn(params, xs_BxPxD, ys_BxP, n_points):
-        return prefix_loss(model.apply(params, xs_BxPxD, ys_BxP), ys_BxP, n_points)
+    def loss_fn(params, batch, key, n_points):
+        del key  # the prompts are drawn once for the whole batch
+        return prefix_loss(model.apply(params, batch["xs"], batch["ys"]), batch["ys"], n_points)
+
+    grad_fn = micro_batched_value_and_grad(loss_fn, micro_batch_size)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step(state: TrainState, key):
         active_dims, n_points = curriculum_at(state.step, curriculum)
         xs_BxPxD, ys_BxP = curriculum_points(jax.random.fold_in(key, state.step), spec, batch_size, active_dims)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, xs_BxPxD, ys_BxP, n_points)
+        loss, grads = grad_fn(state.params, {"xs": xs_BxPxD, "ys": ys_BxP}, key, n_points)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "active_dims": active_dims, "n_points": n_points}
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return step
+
+
+def check_micro_batch_size(micro_batch_size: int, batch_size: int, name: str = "micro_batch_size") -> None:
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {micro_batch_size!r}")
+    if micro_batch_size < 0 or (micro_batch_size and batch_size % micro_batch_size):
+        raise ValueError(f"{name}={micro_batch_size} must be 0 (whole batch) or a positive divisor of the batch size "
+                         f"{batch_size}")
 
 
 def train(key, model: InContextGPT2, spec: PromptSpec, n_steps: int, batch_size: int = 64,

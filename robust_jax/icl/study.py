@@ -67,6 +67,10 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_int("gpt2_batch_size", config.gpt2_batch_size, minimum=1)
     checks.check_divisible("gpt2_batch_size", config.gpt2_batch_size, device_count, "the device count")
     checks.check_int("gpt2_points", config.gpt2_points, minimum=2)
+    checks.check_int("gpt2_micro_batch_size", config.gpt2_micro_batch_size, minimum=0)
+    if config.gpt2_micro_batch_size:
+        checks.check_divisible("gpt2_batch_size", config.gpt2_batch_size, config.gpt2_micro_batch_size,
+                               "gpt2_micro_batch_size")
     checks.check_float("gpt2_learning_rate", config.gpt2_learning_rate, positive=True)
 
 
@@ -174,7 +178,8 @@ def train_gpt2(config, *, workdir: str, max_points: int, mesh: Mesh):
         batches=IndexBatches(batch_size=config.gpt2_batch_size, process_index=jax.process_index(),
                              process_count=jax.process_count()),
         loop=TrainLoopConfig(num_steps=config.gpt2_steps, seed=config.seed, log_every=config.log_every,
-                             checkpoint_every=max(1, config.gpt2_steps // 4)),
+                             checkpoint_every=max(1, config.gpt2_steps // 4),
+                             micro_batch_size=config.gpt2_micro_batch_size),
         mesh=mesh, desc="GPT-2",
     )
 

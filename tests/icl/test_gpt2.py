@@ -122,6 +122,22 @@ def test_bad_training_setup_is_rejected():
         gpt2_model("huge", dim=5, max_points=11)
 
 
+def test_micro_batched_step_equals_whole_batch_step(key):
+    """make_train_step(micro_batch_size=4): the prompts are drawn once per step, so the update is the whole-batch one."""
+    model = gpt2_model("tiny", dim=3, max_points=5)
+    spec = PromptSpec(dim=3, n_context=4)
+    optimizer = optax.sgd(0.1)
+    states = []
+    for micro_batch_size in (0, 4):
+        state = init_train_state(key, model, optimizer)
+        step = make_train_step(model, spec, 16, Curriculum.fixed(3, 5), optimizer, micro_batch_size)
+        states.append(step(state, key)[0])
+    for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batch_size=5"):
+        make_train_step(model, spec, 16, Curriculum.fixed(3, 5), optimizer, 5)
+
+
 @pytest.mark.slow
 def test_training_beats_zero_estimator(key):
     """Garg's model at d = 5 leaves its initial plateau (ŷ ≈ 0) after about 1200 Adam steps at lr 1e-3 and has
