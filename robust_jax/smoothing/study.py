@@ -31,26 +31,36 @@ from robust_jax.smoothing.dataset import certify_dataset, load_certification_res
 from robust_jax.smoothing.report import accuracy_table, write_report
 from robust_jax.smoothing.training import make_noise_loss_fn
 
-DATASETS = ("digits",)
-MODELS = ("small_cnn",)
+DATASETS = ("digits", "cifar10", "imagenet2012")
+TFDS_TEST_SPLITS = {"cifar10": "test", "imagenet2012": "validation"}
+MODELS = ("small_cnn", "resnet20", "resnet110", "resnet50")
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("cosine", "step")
 
 
 @dataclasses.dataclass(frozen=True)
 class Classifier:
-    """A base classifier in the three forms the study needs."""
+    """A base classifier in the forms the study needs."""
 
     init_fn: Callable  # key -> (params, model_state)
     apply_train: Callable  # (params, model_state, images) -> (logits, new_model_state)
     apply_eval: Callable  # (variables, images) -> logits; hashable, so certification compiles once
+    # variables -> (apply_fn, params) for certification: the ResNets fold BatchNorm (resnet.fast_inference).
+    for_certification: Callable
 
 
 def build_classifier(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple) -> Classifier:
+    from robust_jax.models import resnet
+
     if config.model == "small_cnn":
         from robust_jax.models.cnn import SmallCNN
 
         model = SmallCNN(num_classes=num_classes, features=tuple(config.cnn_features), hidden=config.cnn_hidden)
+    elif config.model in ("resnet20", "resnet110", "resnet50"):
+        model = getattr(resnet, config.model)(num_classes=num_classes)
     else:
         raise ValueError(f"model={config.model!r} is not supported; one of {MODELS}")
+    has_batch_norm = config.model != "small_cnn"
 
     def init_fn(key):
         variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
@@ -58,24 +68,131 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, image_
         return params, dict(variables)
 
     def apply_train(params, model_state, images):
+        if has_batch_norm:
+            logits, updates = model.apply({"params": params, **model_state}, images, train=True,
+                                          mutable=["batch_stats"])
+            return logits, {**model_state, **updates}
         return model.apply({"params": params, **model_state}, images), model_state
 
-    return Classifier(init_fn=init_fn, apply_train=apply_train, apply_eval=model.apply)
+    def for_certification(variables):
+        if has_batch_norm:
+            return resnet.fast_inference(model, variables)
+        return model.apply, variables
+
+    return Classifier(init_fn=init_fn, apply_train=apply_train, apply_eval=model.apply,
+                      for_certification=for_certification)
 
 
-def load_data(config: ml_collections.ConfigDict) -> tuple[dict, dict, int, tuple]:
+class _GrainBatches:
+    """A tfds/grain training stream in the form the core train loop takes (next, get_state, set_state)."""
+
+    def __init__(self, loader):
+        self._loader = loader
+        self._iterator = loader.iterator()
+
+    def __next__(self) -> dict:
+        batch = next(self._iterator)
+        return {"image": batch["image"], "label": batch["label"]}
+
+    def get_state(self) -> dict:
+        return {"grain": self._iterator.get_state().decode()}
+
+    def set_state(self, state: dict) -> None:
+        self._iterator = self._loader.iterator(state["grain"].encode())
+
+
+class _SelectedExamples:
+    """The test images that certification and the noisy accuracy read: only every k-th example is loaded."""
+
+    def __init__(self, images_by_index: dict[int, np.ndarray], total: int):
+        self._images = images_by_index
+        self._total = total
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._images[int(index)]
+
+
+def _tfds_test_examples(config: ml_collections.ConfigDict) -> tuple[dict, np.ndarray, _SelectedExamples]:
+    """(the selected examples as arrays, labels of the whole split (0 where not selected), lazy images)."""
+    from robust_jax.data import tfds_images
+
+    loader = tfds_images.make_image_loader(
+        config.dataset, TFDS_TEST_SPLITS[config.dataset], batch_size=config.eval_batch_size, train=False,
+        data_dir=config.data_dir or None, with_ids=True, process_index=0, process_count=1,
+    )
+    images, labels, indices = [], [], []
+    for batch in loader.iterator():
+        keep = batch["mask"] & (batch["index"] % config.certify_every == 0)
+        images.append(batch["image"][keep])
+        labels.append(batch["label"][keep])
+        indices.append(batch["index"][keep])
+    subset = {"image": np.concatenate(images), "label": np.concatenate(labels).astype(np.int32),
+              "index": np.concatenate(indices).astype(np.int32)}
+    all_labels = np.zeros(loader.num_examples, np.int32)
+    all_labels[subset["index"]] = subset["label"]
+    lazy = _SelectedExamples(dict(zip(subset["index"].tolist(), subset["image"])), loader.num_examples)
+    return subset, all_labels, lazy
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[Callable, dict, tuple, int, tuple]:
+    """(make_batches(), the test examples to evaluate, (images, labels) to certify, num_classes, image shape).
+
+    digits: the whole split in memory. cifar10 / imagenet2012: tfds prepared in array_record format under
+    `config.data_dir` (nothing is downloaded); training streams through grain with the loaders' augmentation, and
+    only every `certify_every`-th test example is loaded (the ones certified and scored)."""
     if config.dataset == "digits":
         from robust_jax.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digits_splits
 
         splits = load_digits_splits(config.test_fraction, seed=config.seed)
-        return splits["train"], splits["test"], NUM_CLASSES, IMAGE_SHAPE
+        train_split, test_split = splits["train"], splits["test"]
+
+        def make_batches():
+            return ArrayBatches(train_split, batch_size=config.batch_size, seed=config.seed,
+                                process_index=jax.process_index(), process_count=jax.process_count())
+
+        return make_batches, test_split, (test_split["image"], test_split["label"]), NUM_CLASSES, IMAGE_SHAPE
+    if config.dataset in TFDS_TEST_SPLITS:
+        from robust_jax.data import tfds_images
+
+        def make_loader():
+            return tfds_images.make_image_loader(
+                config.dataset, "train", batch_size=config.batch_size // jax.process_count(), train=True,
+                data_dir=config.data_dir or None, seed=config.seed)
+
+        probe = make_loader()
+        subset, all_labels, lazy_images = _tfds_test_examples(config)
+        return (lambda: _GrainBatches(make_loader()), subset, (lazy_images, all_labels), probe.num_classes,
+                probe.image_shape)
     raise ValueError(f"dataset={config.dataset!r} is not supported; one of {DATASETS}")
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam or SGD with momentum and weight decay; cosine decay, or Cohen's step decay (x0.1 after 1/3 and 2/3)."""
+    if config.lr_schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
+    else:
+        third = max(1, config.num_steps // 3)
+        schedule = optax.piecewise_constant_schedule(config.learning_rate, {third: 0.1, 2 * third: 0.1})
+    if config.optimizer == "adam":
+        return optax.adam(schedule)
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(schedule, momentum=config.momentum))
 
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     device_count = jax.device_count() if device_count is None else device_count
     checks.check_choice("dataset", config.dataset, DATASETS)
     checks.check_choice("model", config.model, MODELS)
+    checks.check_choice("optimizer", config.optimizer, OPTIMIZERS)
+    checks.check_choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    checks.check_float("momentum", config.momentum, non_negative=True)
+    checks.check_float("weight_decay", config.weight_decay, non_negative=True)
+    if config.dataset == "digits" and config.model != "small_cnn":
+        raise checks.ConfigError(f"config.model={config.model!r} is not allowed with dataset='digits': "
+                                 "the 8x8 digits use small_cnn")
     checks.check_int("seed", config.seed, minimum=0)
     if len(config.sigmas) == 0:
         raise checks.ConfigError("config.sigmas=() is not allowed: give at least one noise level")
@@ -109,7 +226,7 @@ def sigma_name(sigma: float) -> str:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-    train_split, test_split, num_classes, image_shape = load_data(config)
+    make_batches, test_split, (certify_images, certify_labels), num_classes, image_shape = load_data(config)
     classifier = build_classifier(config, num_classes, image_shape)
     certify_key = jax.random.key(config.seed + 1)
 
@@ -117,11 +234,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     base_accuracy = {}
     for sigma in config.sigmas:
         sigma_dir = os.path.join(workdir, sigma_name(sigma))
-        batches = ArrayBatches(
-            train_split, batch_size=config.batch_size, seed=config.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-        )
-        schedule = optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
         state = train(
             workdir=sigma_dir,
             init_fn=classifier.init_fn,
@@ -130,8 +242,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
                 consistency_eta=config.consistency_eta, copies=config.consistency_copies,
                 max_translation=config.max_translation,
             ),
-            optimizer=optax.adam(schedule),
-            batches=batches,
+            optimizer=make_optimizer(config),
+            batches=make_batches(),
             loop=TrainLoopConfig(num_steps=config.num_steps, seed=config.seed, log_every=config.log_every,
                                  checkpoint_every=config.checkpoint_every),
             mesh=mesh,
@@ -150,8 +262,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
         base_accuracy[sigma_name(sigma)] = evaluate(
             noisy_accuracy, variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
         )["accuracy"]
+        certify_fn, certify_params = classifier.for_certification(variables)
         path = certify_dataset(
-            classifier.apply_eval, variables, test_split["image"], test_split["label"],
+            certify_fn, certify_params, certify_images, certify_labels,
             sigma=sigma, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.certify_batch_size,
             key=jax.random.fold_in(certify_key, int(round(sigma * 1e6))), workdir=workdir,
             every=config.certify_every, mesh=mesh, show_progress=jax.process_index() == 0,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from experiments.configs import smoothing
 from robust_jax.core.run import run_study
 
@@ -23,3 +25,40 @@ def test_tiny_study_reports_every_sigma_and_radius(tmp_path):
     # A second run in the same workdir resumes everything and reports the same numbers.
     again = run_study(config, str(tmp_path))
     assert again["metrics"] == json.loads((tmp_path / "results.json").read_text())["metrics"] == results["metrics"]
+
+
+def test_cifar10_preset_runs_on_mock_tfds_with_folded_resnet(tmp_path):
+    """The cifar10 preset's path (tfds + grain training stream, ResNet with BatchNorm, SGD step schedule, certification
+    of every k-th test image through the folded network), shrunk to seconds on tfds's mock data."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    config = smoothing.get_config("cifar10")
+    config.model = "resnet20"
+    config.sigmas = (0.25,)
+    config.radii = (0.0, 0.25)
+    config.num_steps = 2
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.log_every = 1
+    config.checkpoint_every = 2
+    config.n0, config.n, config.certify_batch_size, config.certify_every = 8, 16, 16, 3
+    with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
+        results = run_study(config, str(tmp_path))
+    assert results["metrics"]["certified_examples"] == 4  # test indices 0, 3, 6, 9 of the 10 mock records
+    lines = (tmp_path / "certify_sigma0.25.tsv").read_text().splitlines()
+    assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 3, 6, 9]
+    assert 0.0 <= results["metrics"]["noisy_test_accuracy"]["sigma=0.25"] <= 1.0
+    assert (tmp_path / "sigma=0.25").exists()
+
+
+def test_imagenet_preset_is_valid_and_builds_resnet50():
+    import jax
+
+    from robust_jax.smoothing import study
+
+    study.check_config(smoothing.get_config("cifar10"), device_count=8)
+    config = smoothing.get_config("imagenet")
+    study.check_config(config, device_count=8)
+    classifier = study.build_classifier(config, num_classes=1000, image_shape=(224, 224, 3))
+    params, model_state = jax.eval_shape(classifier.init_fn, jax.random.key(0))
+    assert params["head"]["kernel"].shape == (2048, 1000) and "batch_stats" in model_state
+    assert config.num_steps == 90 * 1_281_167 // 256 and config.n == 100_000 and config.certify_every == 100
