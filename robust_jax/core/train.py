@@ -105,6 +105,15 @@ def _state_initializer(init_fn: Callable, optimizer: optax.GradientTransformatio
     return init_state
 
 
+def check_micro_batch_size(micro_batch_size: int, batch_size: int) -> None:
+    """ValueError unless micro_batch_size is 0 (the whole batch) or a positive divisor of batch_size."""
+    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, (int, np.integer)):
+        raise ValueError(f"micro_batch_size must be an integer, got {micro_batch_size!r}")
+    if micro_batch_size < 0 or (micro_batch_size and batch_size % micro_batch_size):
+        raise ValueError(f"micro_batch_size={micro_batch_size} must be positive and divide the batch size "
+                         f"{batch_size} (or 0: the whole batch)")
+
+
 def micro_batched_value_and_grad(fn: Callable, micro_batch_size: int = 0, *, has_aux: bool = False) -> Callable:
     """`jax.value_and_grad(fn, has_aux)` for `fn(params, batch, key, *rest)` whose loss is a mean over the examples
     of `batch` (a pytree of arrays sharing a leading example axis), accumulated over micro-batches.
@@ -127,9 +136,7 @@ def micro_batched_value_and_grad(fn: Callable, micro_batch_size: int = 0, *, has
         if len(sizes) != 1:
             raise ValueError(f"batch arrays have different leading sizes {sorted(sizes)}")
         (batch_size,) = sizes
-        if micro_batch_size < 0 or batch_size % micro_batch_size:
-            raise ValueError(f"micro_batch_size={micro_batch_size} must be positive and divide the batch size "
-                             f"{batch_size}")
+        check_micro_batch_size(micro_batch_size, batch_size)
         count = batch_size // micro_batch_size
         if count == 1:
             return grad_fn(params, batch, key, *rest)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robust_jax.core.train import micro_batched_value_and_grad
+from robust_jax.core.train import check_micro_batch_size, micro_batched_value_and_grad
 from robust_jax.icl.evaluate import normalized_squared_error
 from robust_jax.icl.tasks import Prompts, PromptSpec, prompts_at, sample_prompts
 from robust_jax.models.transformer import CausalTransformer
@@ -236,14 +236,6 @@ def make_train_step(model: InContextGPT2, spec: PromptSpec, batch_size: int, cur
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return step
-
-
-def check_micro_batch_size(micro_batch_size: int, batch_size: int, name: str = "micro_batch_size") -> None:
-    if isinstance(micro_batch_size, bool) or not isinstance(micro_batch_size, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {micro_batch_size!r}")
-    if micro_batch_size < 0 or (micro_batch_size and batch_size % micro_batch_size):
-        raise ValueError(f"{name}={micro_batch_size} must be 0 (whole batch) or a positive divisor of the batch size "
-                         f"{batch_size}")
 
 
 def train(key, model: InContextGPT2, spec: PromptSpec, n_steps: int, batch_size: int = 64,

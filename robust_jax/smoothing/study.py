@@ -162,10 +162,11 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[Callable, dict, tuple,
                 config.dataset, "train", batch_size=config.batch_size // jax.process_count(), train=True,
                 data_dir=config.data_dir or None, seed=config.seed)
 
-        probe = make_loader()
+        spec = tfds_images.SUPPORTED_DATASETS[config.dataset]
+        image_shape = (spec.default_image_size, spec.default_image_size, 3)
         subset, all_labels, lazy_images = _tfds_test_examples(config)
-        return (lambda: _GrainBatches(make_loader()), subset, (lazy_images, all_labels), probe.num_classes,
-                probe.image_shape)
+        return (lambda: _GrainBatches(make_loader()), subset, (lazy_images, all_labels), spec.num_classes,
+                image_shape)
     raise ValueError(f"dataset={config.dataset!r} is not supported; one of {DATASETS}")
 
 
