@@ -1,10 +1,12 @@
-"""Runs one study from a config file.
+"""Runs one study.
 
-  python -m experiments.main --config=experiments/configs/<study>.py:<preset> --workdir=DIR [--config.field=value ...]
+  python -m experiments.main --config=<study>:<preset> --workdir=DIR [--config.field=value ...] [--distributed]
 
-A bad config exits with status 2 and one line naming the field, the value and what is allowed, before anything is
-written. On several hosts, pass --distributed to call jax.distributed.initialize() (its settings come from the
-cluster environment: SLURM, Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+`--config` takes a study name (`digits:cpu`, the configs in robust_jax/configs/) or a config file
+(`path/to/config.py:preset`). The config is loaded once, overridden once and checked once; a bad config exits with
+status 2 and one line naming the field, the value and what is allowed, before anything is written. On several
+hosts, --distributed calls jax.distributed.initialize() (its settings come from the cluster environment: SLURM,
+Cloud TPU, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
 """
 
 from __future__ import annotations
@@ -13,52 +15,62 @@ import json
 import logging
 import sys
 
-from absl import flags
-from ml_collections import config_flags
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and preset: path.py:preset", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs)")
+USAGE = __doc__.strip().splitlines()[2].strip()
 
 
-def _config_error(message: str) -> None:
-    print(f"config error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _exit(message: str, status: int = 2) -> None:
+    print(message, file=sys.stderr)
+    sys.exit(status)
+
+
+def parse_arguments(argv: list[str]) -> tuple[str, list[tuple[str, str]], str, bool]:
+    """(config spec, overrides, workdir, distributed); exits 2 on anything else."""
+    spec, overrides, workdir, distributed = None, [], None, False
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            sys.exit(0)
+        name, has_value, value = arg.partition("=")
+        if name == "--config" and has_value:
+            spec = value
+        elif name.startswith("--config.") and has_value:
+            overrides.append((name[len("--config."):], value))
+        elif name == "--workdir" and has_value:
+            workdir = value
+        elif arg == "--distributed":
+            distributed = True
+        else:
+            _exit(f"config error: unknown argument {arg!r} (usage: {USAGE})")
+    if spec is None:
+        _exit("config error: --config is required (e.g. --config=digits:cpu)")
+    if not workdir:
+        _exit("config error: --workdir is required")
+    return spec, overrides, workdir, distributed
 
 
 def main(argv: list[str]) -> None:
-    from robust_jax.core.config_checks import ConfigError
-    from robust_jax.core.config_loading import check_arguments
-
-    try:
-        check_arguments(argv)
-        flags.FLAGS(argv)
-    except ConfigError as e:
-        _config_error(str(e))
-    except flags.Error as e:
-        _config_error(str(e).splitlines()[0])
-    if not _WORKDIR.value:
-        _config_error("--workdir is required")
-
+    spec, overrides, workdir, distributed = parse_arguments(argv[1:])
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("robust_jax").setLevel(logging.INFO)
     import jax
 
-    if _DISTRIBUTED.value:
+    if distributed:
         jax.distributed.initialize()
 
     from robust_jax.core import run as run_lib
+    from robust_jax.core.checks import ConfigError
+    from robust_jax.core.config_loading import load_config
     from robust_jax.core.train import NonFiniteLossError
 
     try:
-        run_lib.check(_CONFIG.value, _WORKDIR.value)
+        config = load_config(spec, overrides)
+        study = run_lib.check(config, workdir)
     except ConfigError as e:
-        _config_error(str(e))
+        _exit(f"config error: {e}")
     try:
-        results = run_lib.run_study(_CONFIG.value, _WORKDIR.value)
+        results = run_lib.run_checked(study, config, workdir)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        _exit(f"error: {e}", status=1)
     if jax.process_index() == 0:
         print(json.dumps(results, sort_keys=True))
 

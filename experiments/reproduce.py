@@ -15,10 +15,8 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from robust_jax.core.config_loading import load_config_file
-from robust_jax.core.run import run_study
-
-STUDIES = ("digits", "icl", "smoothing", "sde", "clip_pretrain")
+from robust_jax.core.config_loading import load_config
+from robust_jax.core.run import STUDIES, run_study
 
 _PRESET = flags.DEFINE_string("preset", "cpu", "Preset to run for every study")
 _STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run")
@@ -39,11 +37,10 @@ def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    configs_dir = os.path.join(os.path.dirname(__file__), "configs")
     os.makedirs(_OUT.value, exist_ok=True)
     sections = ["# robust_jax reproduction report", ""]
     for study in _STUDIES.value:
-        config = load_config_file(os.path.join(configs_dir, f"{study}.py:{_PRESET.value}"))
+        config = load_config(f"{study}:{_PRESET.value}")
         workdir = os.path.join(_WORKDIR_ROOT.value, f"{study}_{_PRESET.value}")
         print(f"== {study} ({_PRESET.value}) -> {workdir}", file=sys.stderr, flush=True)
         results = run_study(config, workdir)

@@ -19,9 +19,10 @@ import optax
 from jax.sharding import Mesh
 
 from robust_jax.clip_pretrain import captions as captions_lib
-from robust_jax.core import config_checks as checks
+from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
-from robust_jax.core.train import TrainLoopConfig, train
+from robust_jax.core.config import loop_config
+from robust_jax.core.train import train
 from robust_jax.data import multiview
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.models import clip as clip_lib
@@ -32,39 +33,34 @@ MAX_LOG_LOGIT_SCALE = float(np.log(100.0))  # CLIP clamps the temperature at 100
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     device_count = jax.device_count() if device_count is None else device_count
-    checks.check_int("seed", config.seed, minimum=0)
-    checks.check_int("num_objects_per_category", config.num_objects_per_category, minimum=2)
-    checks.check_int("views_per_object", config.views_per_object, minimum=2)
-    checks.check_int("image_size", config.image_size, minimum=8, maximum=64)
-    checks.check_float("canonical_fraction", config.canonical_fraction, positive=True, below=1.0)
-    checks.check_float("heldout_fraction", config.heldout_fraction, positive=True, below=1.0)
-    checks.check_int("patch_size", config.patch_size, minimum=1)
-    checks.check_divisible("image_size", config.image_size, config.patch_size, "config.patch_size")
+    checks.check_int("config.num_objects_per_category", config.num_objects_per_category, minimum=2)
+    checks.check_int("config.views_per_object", config.views_per_object, minimum=2)
+    checks.check_int("config.image_size", config.image_size, minimum=8, maximum=64)
+    checks.check_float("config.canonical_fraction", config.canonical_fraction, positive=True, below=1.0)
+    checks.check_float("config.heldout_fraction", config.heldout_fraction, positive=True, below=1.0)
+    checks.check_int("config.patch_size", config.patch_size, minimum=1)
+    checks.check_divisible("config.image_size", config.image_size, config.patch_size, "config.patch_size")
     for tower in ("vision", "text"):
-        width = checks.check_int(f"{tower}_width", config[f"{tower}_width"], minimum=1)
-        checks.check_int(f"{tower}_layers", config[f"{tower}_layers"], minimum=1)
-        heads = checks.check_int(f"{tower}_heads", config[f"{tower}_heads"], minimum=1)
-        checks.check_divisible(f"{tower}_width", width, heads, f"config.{tower}_heads")
-        checks.check_int(f"{tower}_mlp_ratio", config[f"{tower}_mlp_ratio"], minimum=1)
-    checks.check_int("embed_dim", config.embed_dim, minimum=1)
-    checks.check_int("context_length", config.context_length, minimum=8, maximum=77)
-    checks.check_int("num_steps", config.num_steps, minimum=1)
-    checks.check_int("batch_size", config.batch_size, minimum=2)
-    checks.check_divisible("batch_size", config.batch_size, device_count, "the device count")
-    checks.check_int("eval_batch_size", config.eval_batch_size, minimum=1)
-    checks.check_float("learning_rate", config.learning_rate, positive=True)
-    checks.check_int("warmup_steps", config.warmup_steps, minimum=0)
+        width = checks.check_int(f"config.{tower}_width", config[f"{tower}_width"], minimum=1)
+        checks.check_int(f"config.{tower}_layers", config[f"{tower}_layers"], minimum=1)
+        heads = checks.check_int(f"config.{tower}_heads", config[f"{tower}_heads"], minimum=1)
+        checks.check_divisible(f"config.{tower}_width", width, heads, f"config.{tower}_heads")
+        checks.check_int(f"config.{tower}_mlp_ratio", config[f"{tower}_mlp_ratio"], minimum=1)
+    checks.check_int("config.embed_dim", config.embed_dim, minimum=1)
+    checks.check_int("config.context_length", config.context_length, minimum=8, maximum=77)
+    checks.check_int("config.eval_batch_size", config.eval_batch_size, minimum=1)
+    checks.check_int("config.warmup_steps", config.warmup_steps, minimum=0)
     if config.warmup_steps >= config.num_steps:
-        checks._fail("warmup_steps", config.warmup_steps, f"must be < config.num_steps ({config.num_steps})")
-    checks.check_float("weight_decay", config.weight_decay, non_negative=True)
-    checks.check_float("drop_colour_probability", config.drop_colour_probability, non_negative=True, below=1.0001)
-    checks.check_int("max_shift", config.max_shift, minimum=0, maximum=config.image_size // 4)
-    checks.check_int("log_every", config.log_every, minimum=1)
-    checks.check_int("checkpoint_every", config.checkpoint_every, minimum=1)
-    checks.check_int("keep_checkpoints", config.keep_checkpoints, minimum=1)
-    checks.check_int("fsdp_min_size", config.fsdp_min_size, minimum=0)
+        checks.fail("config.warmup_steps", config.warmup_steps, f"must be < config.num_steps ({config.num_steps})")
+    checks.check_float("config.weight_decay", config.weight_decay, non_negative=True)
+    checks.check_float("config.drop_colour_probability", config.drop_colour_probability, non_negative=True, below=1.0001)
+    checks.check_int("config.max_shift", config.max_shift, minimum=0, maximum=config.image_size // 4)
+    if config.micro_batch_size:
+        checks.fail("config.micro_batch_size", config.micro_batch_size,
+                    "must be 0: the contrastive loss couples every example of a batch, so it cannot be accumulated "
+                    "over micro-batches")
     if not isinstance(config.data_cache_dir, str):
-        checks._fail("data_cache_dir", config.data_cache_dir, "expected a path string ('' for the default cache)")
+        checks.fail("config.data_cache_dir", config.data_cache_dir, "expected a path string ('' for the default cache)")
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> clip_lib.CLIP:
@@ -236,12 +232,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
                              config.drop_colour_probability, config.max_shift),
         optimizer=make_optimizer(config),
         batches=batches,
-        loop=TrainLoopConfig(num_steps=config.num_steps, seed=config.seed, log_every=config.log_every,
-                             checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
-                             fsdp_min_size=config.fsdp_min_size),
+        loop=loop_config(config),
         mesh=mesh,
         desc="clip_pretrain",
-    )
+    ).state
     report = evaluate_zero_shot(model, state.params, tokenizer, data, config.eval_batch_size)
     if jax.process_index() == 0:
         _save_accuracy_plot(report, os.path.join(workdir, "zero_shot_by_view.png"))

@@ -1,74 +1,111 @@
-"""Checks of `--config=path.py:preset` and `--config.field=value` arguments, before absl/ml_collections parse them.
+"""Loading a config once: `study:preset` or `path.py:preset`, then `field=value` overrides, then locked.
 
-config_flags does the real loading and overriding; this module only makes sure that whatever it would reject is
-reported as one line naming the field, the value and what is allowed (its own errors name neither clearly).
+The command line and notebooks share this path (`robust_jax.get_config`, `experiments/main.py`): the config file
+is executed once, each override is parsed as its field's type and set once, and the result is locked so a typo in
+a field name fails instead of adding a field. Every error is a `ConfigError` naming the field, the value and what
+is allowed; the command line prints it on one line and exits with status 2.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import os
 
 import ml_collections
 
-from robust_jax.core.config_checks import ConfigError
+from robust_jax.core.checks import ConfigError
+
+CONFIG_PACKAGE = "robust_jax.configs"
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """`path.py[:preset]` -> the config that file's `get_config(preset)` returns."""
-    path, _, preset = spec.partition(":")
+def config_module(study: str):
+    """The module `robust_jax/configs/<study>.py` (ConfigError naming the studies that have one)."""
+    from robust_jax.core.run import STUDIES
+
+    if study not in STUDIES:
+        raise ConfigError(f"config.study={study!r} is not allowed: must be one of {list(STUDIES)}")
+    return importlib.import_module(f"{CONFIG_PACKAGE}.{study}")
+
+
+def _module_from_path(path: str):
     if not os.path.isfile(path):
-        configs = os.path.join(os.path.dirname(path) or ".", "")
-        available = sorted(f for f in os.listdir(configs) if f.endswith(".py")) if os.path.isdir(configs) else []
-        raise ConfigError(f"--config={spec!r}: no config file {path!r} (files there: {available})")
-    module_spec = importlib.util.spec_from_file_location("_checked_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+        folder = os.path.dirname(path) or "."
+        available = sorted(f for f in os.listdir(folder) if f.endswith(".py")) if os.path.isdir(folder) else []
+        raise ConfigError(f"--config={path!r} is not allowed: no such config file (files there: {available})")
+    spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(study_or_path: str, preset: str | None = None) -> ml_collections.ConfigDict:
+    """A study's preset (`get_config("smoothing", "tiny")`, from any working directory), or a config file's
+    (`get_config("my_configs/x.py", "cpu")`); unlocked, so a notebook can change fields before running it."""
+    if study_or_path.endswith(".py") or os.sep in study_or_path:
+        module = _module_from_path(study_or_path)
+    else:
+        module = config_module(study_or_path)
     return module.get_config(preset) if preset else module.get_config()
 
 
-def parse_override(config: ml_collections.ConfigDict, dotted: str, text: str):
-    """Checks that `dotted` names a field of `config` and that `text` can be read as that field's type."""
-    node = config
-    parts = dotted.split(".")
-    for depth, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            where = ".".join(parts[:depth]) or "config"
-            fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            raise ConfigError(f"config.{dotted}={text!r} is not allowed: no field {part!r} in {where} (fields: {fields})")
-        node = node[part]
-    current = node
+def _parse_value(dotted: str, current, text: str):
+    """`text` read as the type of the field's current value."""
     try:
         if isinstance(current, bool):
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError
-        elif isinstance(current, int):
-            int(text)
-        elif isinstance(current, float):
-            float(text)
-        elif isinstance(current, (tuple, list)):
+            return text.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, str):
+            return text
+        if isinstance(current, (tuple, list)):
             value = ast.literal_eval(text)
-            if not isinstance(value, (tuple, list, int, float, str)):
-                raise ValueError
+            value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+            if current and isinstance(current[0], float):  # (1, 2) for a tuple of floats means (1.0, 2.0)
+                value = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+            return value
+        return ast.literal_eval(text) if current is not None else _literal_or_text(text)
     except (ValueError, SyntaxError):
         raise ConfigError(
             f"config.{dotted}={text!r} is not allowed: expected {type(current).__name__} like {current!r}"
         ) from None
 
 
-def check_arguments(argv: list[str]) -> None:
-    """Raises ConfigError for a missing config file, an unknown preset or field, or a value of the wrong type."""
-    spec = None
-    overrides = []
-    for arg in argv[1:]:
-        if arg.startswith("--config="):
-            spec = arg.split("=", 1)[1]
-        elif arg.startswith("--config.") and "=" in arg:
-            name, text = arg[len("--config.") :].split("=", 1)
-            overrides.append((name, text))
-    if spec is None:
-        raise ConfigError("--config is required (e.g. --config=experiments/configs/digits.py:cpu)")
-    config = load_config_file(spec)
-    for name, text in overrides:
-        parse_override(config, name, text)
+def _literal_or_text(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+    """Sets `config.<dotted>` from its text form, checking that the field exists and the text has its type."""
+    node = config
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            where = ".".join(parts[:depth]) or "config"
+            fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            raise ConfigError(f"config.{dotted}={text!r} is not allowed: no field {part!r} in {where} "
+                              f"(fields: {fields})")
+        if depth < len(parts) - 1:
+            node = node[part]
+    field = parts[-1]
+    node[field] = _parse_value(dotted, node[field], text)
+
+
+def load_config(spec: str, overrides: list[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+    """`study[:preset]` or `path.py[:preset]` with `(field, text)` overrides applied, locked."""
+    source, _, preset = spec.partition(":")
+    if not source:
+        raise ConfigError("--config='' is not allowed: give study:preset (e.g. digits:tiny) or path.py:preset")
+    config = get_config(source, preset or None)
+    for dotted, text in overrides:
+        apply_override(config, dotted, text)
+    config.lock()
+    return config

@@ -1,49 +1,51 @@
-"""Running a study: check the config, write `config.json`, run, write `results.json`.
+"""Running a study: check the config once, write `config.json`, run, write `results.json`; and opening a run again.
 
-A study is a module `robust_jax.<study>.study` with `check_config(config)` and `run(config, workdir) -> dict`
-whose "metrics" entry holds the study's results only (no timings), so two runs of the same config compare equal.
+A study is a package `robust_jax.<study>` listed in `STUDIES`, with a config file `robust_jax/configs/<study>.py`
+and a module `robust_jax.<study>.study` that has
+  * `check_config(config)`: the study's own fields (the train block is checked here, for every study),
+  * `run(config, workdir) -> {"metrics": ...}`: the study's results only (no timings), so two runs of the same
+    config compare equal,
+  * `restore(config, workdir) -> (model, params, metrics_path)`: the trained model of a run and the metrics.jsonl
+    of its main training, for `load_run`,
+  * optionally `AUTO_BATCH_SIZE = True` when batch_size 0 means "the study's rule".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
-import pkgutil
 import time
+from typing import Any
 
 import jax
 import ml_collections
 
-import robust_jax
-from robust_jax.core.config_checks import ConfigError
+from robust_jax.core.checks import ConfigError
+from robust_jax.core.config import check_train_block
 
-
-def available_studies() -> list[str]:
-    root = os.path.dirname(robust_jax.__file__)
-    return sorted(
-        info.name
-        for info in pkgutil.iter_modules([root])
-        if info.ispkg and os.path.exists(os.path.join(root, info.name, "study.py"))
-    )
+# Every study, in the order the reproduction runs them.
+STUDIES = ("digits", "icl", "smoothing", "sde", "clip_pretrain")
 
 
 def load_study(name):
-    studies = available_studies()
-    if name not in studies:
-        raise ConfigError(f"config.study={name!r} is not allowed: must be one of {studies}")
+    if name not in STUDIES:
+        raise ConfigError(f"config.study={name!r} is not allowed: must be one of {list(STUDIES)}")
     return importlib.import_module(f"robust_jax.{name}.study")
 
 
 def check(config: ml_collections.ConfigDict, workdir: str | None = None):
-    """Every check that can fail before work starts; returns the study module.
+    """Every check that can fail before work starts, run once; returns the study module.
 
     A workdir that already holds a run of a different config is refused: resuming it would mix two experiments.
     """
     if "study" not in config:
         raise ConfigError("config.study is missing: the config must name its study")
     study = load_study(config.study)
-    study.check_config(config)
+    device_count = jax.device_count()
+    check_train_block(config, device_count, auto_batch_size=getattr(study, "AUTO_BATCH_SIZE", False))
+    study.check_config(config, device_count)
     saved = os.path.join(workdir, "config.json") if workdir else None
     if saved and os.path.exists(saved):
         with open(saved) as f:
@@ -58,9 +60,8 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None):
     return study
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Checks the config, then runs the study in `workdir` (resuming if it holds checkpoints); returns results."""
-    study = check(config, workdir)
+def run_checked(study, config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs a study whose config `check` passed (resuming if the workdir holds checkpoints); returns results."""
     start = time.perf_counter()
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
@@ -82,3 +83,65 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write("\n")
         os.replace(tmp, os.path.join(workdir, "results.json"))
     return results
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Checks the config once, then runs the study in `workdir` (resuming if it holds checkpoints); returns the
+    results (also written to `workdir/results.json`). What `python -m experiments.main` does."""
+    return run_checked(check(config, workdir), config, workdir)
+
+
+@dataclasses.dataclass
+class Run:
+    """A finished or interrupted run, opened again: `robust_jax.load_run(workdir)`.
+
+    config: its config (locked). model: the trained model (a Flax module; for studies that train several, a dict
+    by name). params: its parameters restored from the latest checkpoint (the same structure). results: the
+    `results.json` contents (None while the run is unfinished). history: the `metrics.jsonl` rows of the main
+    training run, one dict per logged step.
+    """
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    model: Any
+    params: Any
+    results: dict | None
+    history: list[dict]
+
+    @property
+    def metrics(self) -> dict | None:
+        return None if self.results is None else self.results["metrics"]
+
+
+def read_history(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+    return rows
+
+
+def load_run(workdir: str) -> Run:
+    """Opens the run in `workdir`: its config, model, restored parameters, results and metric history."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir!r} holds no run: no config.json (was it written by run_study?)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    for name, value in config.items():  # JSON turns tuples into lists
+        if isinstance(value, list):
+            config[name] = tuple(value)
+    config.lock()
+    study = load_study(config.study)
+    model, params, history_path = study.restore(config, workdir)
+    results = None
+    if os.path.exists(os.path.join(workdir, "results.json")):
+        with open(os.path.join(workdir, "results.json")) as f:
+            results = json.load(f)
+    return Run(workdir=workdir, config=config, model=model, params=params, results=results,
+               history=read_history(history_path))

@@ -12,10 +12,11 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-from robust_jax.core import config_checks as checks
+from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.evaluate import evaluate
-from robust_jax.core.train import TrainLoopConfig, train
+from robust_jax.core.config import loop_config
+from robust_jax.core.train import train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digits_splits
 from robust_jax.models.cnn import SmallCNN
@@ -23,22 +24,13 @@ from robust_jax.models.cnn import SmallCNN
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     device_count = jax.device_count() if device_count is None else device_count
-    checks.check_int("seed", config.seed, minimum=0)
-    checks.check_int("num_steps", config.num_steps, minimum=1)
-    checks.check_int("batch_size", config.batch_size, minimum=1, maximum=1437)
-    checks.check_divisible("batch_size", config.batch_size, device_count, "the device count")
-    checks.check_int("eval_batch_size", config.eval_batch_size, minimum=1)
-    checks.check_divisible("eval_batch_size", config.eval_batch_size, device_count, "the device count")
-    checks.check_float("learning_rate", config.learning_rate, positive=True)
-    checks.check_float("noise_sigma", config.noise_sigma, non_negative=True)
-    checks.check_float("test_fraction", config.test_fraction, positive=True, below=1.0)
+    checks.check_int("config.eval_batch_size", config.eval_batch_size, minimum=1)
+    checks.check_divisible("config.eval_batch_size", config.eval_batch_size, device_count, "the device count")
+    checks.check_float("config.noise_sigma", config.noise_sigma, non_negative=True)
+    checks.check_float("config.test_fraction", config.test_fraction, positive=True, below=1.0)
     for i, width in enumerate(config.features):
-        checks.check_int(f"features[{i}]", width, minimum=1)
-    checks.check_int("hidden", config.hidden, minimum=1)
-    checks.check_int("log_every", config.log_every, minimum=1)
-    checks.check_int("checkpoint_every", config.checkpoint_every, minimum=1)
-    checks.check_int("keep_checkpoints", config.keep_checkpoints, minimum=1)
-    checks.check_int("fsdp_min_size", config.fsdp_min_size, minimum=0)
+        checks.check_int(f"config.features[{i}]", width, minimum=1)
+    checks.check_int("config.hidden", config.hidden, minimum=1)
 
 
 def build_model(config: ml_collections.ConfigDict) -> SmallCNN:
@@ -81,17 +73,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
         loss_fn=make_loss_fn(model, config.noise_sigma),
         optimizer=optax.adam(config.learning_rate),
         batches=batches,
-        loop=TrainLoopConfig(
-            num_steps=config.num_steps,
-            seed=config.seed,
-            log_every=config.log_every,
-            checkpoint_every=config.checkpoint_every,
-            keep_checkpoints=config.keep_checkpoints,
-            fsdp_min_size=config.fsdp_min_size,
-        ),
+        loop=loop_config(config),
         mesh=mesh,
         desc="digits",
-    )
+    ).state
 
     def per_example(params, batch):
         logits = model.apply(params, batch["image"])

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from robust_jax.core.train import check_micro_batch_size, micro_batched_value_and_grad
 from robust_jax.icl.evaluate import normalized_squared_error
 from robust_jax.icl.tasks import Prompts, PromptSpec, prompts_at, sample_prompts
 from robust_jax.models.transformer import CausalTransformer
@@ -173,19 +171,7 @@ def prefix_loss(predictions_BxP, ys_BxP, n_points=None) -> jax.Array:
     return jnp.sum(squared_errors_BxP * used_P) / (ys_BxP.shape[0] * jnp.asarray(n_points, squared_errors_BxP.dtype))
 
 
-class TrainState(NamedTuple):
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
-def init_train_state(key, model: InContextGPT2, optimizer: optax.GradientTransformation) -> TrainState:
-    xs_1xPxD = jnp.zeros((1, model.max_points, model.dim))
-    params = jax.jit(model.init)(key, xs_1xPxD, xs_1xPxD[..., 0])
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
-
-def _check_training_spec(model: InContextGPT2, spec: PromptSpec, curriculum: Curriculum, batch_size: int):
+def check_training_spec(model: InContextGPT2, spec: PromptSpec, curriculum: Curriculum) -> None:
     if not isinstance(spec, PromptSpec):
         raise ValueError(f"spec must be a PromptSpec, got {type(spec).__name__}")
     if spec.labels != "linear" or spec.label_noise_std != 0.0:
@@ -203,53 +189,27 @@ def _check_training_spec(model: InContextGPT2, spec: PromptSpec, curriculum: Cur
         )
     if curriculum.points_end > model.max_points:
         raise ValueError(f"curriculum.points_end={curriculum.points_end} exceeds model.max_points={model.max_points}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
 
 
-def make_train_step(model: InContextGPT2, spec: PromptSpec, batch_size: int, curriculum: Curriculum,
-                    optimizer: optax.GradientTransformation, micro_batch_size: int = 0) -> Callable:
-    """A jitted `step(state, key) -> (state, metrics)` on fresh prompts from `spec` drawn with fold_in(key, step).
+def training_functions(model: InContextGPT2, spec: PromptSpec, curriculum: Curriculum) -> tuple[Callable, Callable]:
+    """(init_fn, loss_fn) for `robust_jax.core.train.train`, Garg et al.'s recipe: fresh prompts every step, drawn
+    on device for the batch's prompt indices (prompt i from fold_in(key, i), `IndexBatches`), the curriculum at the
+    step, the squared error over all prefixes. spec gives the prompt distribution at the curriculum's final size
+    (spec.n_context + 1 = points_end). The ICL study trains with exactly these functions, and
+    `experiments/benchmarks/icl_throughput.py` times the step the core compiles from them."""
+    check_training_spec(model, spec, curriculum)
+    points = curriculum.points_end
 
-    spec gives the prompt distribution at the curriculum's final size (spec.n_context + 1 = points_end). The state
-    is donated. metrics: loss, active_dims, n_points (of this step). `micro_batch_size` > 0 accumulates the gradient
-    over micro-batches of that many prompts (`robust_jax.core.train.micro_batched_value_and_grad`): the same
-    gradient, often faster on CPU.
-    """
-    _check_training_spec(model, spec, curriculum, batch_size)
-    check_micro_batch_size(micro_batch_size, batch_size)
+    def init_fn(key):
+        return model.init(key, jnp.zeros((1, points, spec.dim)), jnp.zeros((1, points))), {}
 
-    def loss_fn(params, batch, key, n_points):
-        del key  # the prompts are drawn once for the whole batch
-        return prefix_loss(model.apply(params, batch["xs"], batch["ys"]), batch["ys"], n_points)
+    def loss_fn(params, model_state, batch, key, step):
+        active_dims, n_points = curriculum_at(step, curriculum)
+        xs_BxPxD, ys_BxP = curriculum_points_at(key, spec, batch["index"], active_dims)
+        loss = prefix_loss(model.apply(params, xs_BxPxD, ys_BxP), ys_BxP, n_points)
+        return loss, ({"active_dims": active_dims, "n_points": n_points}, model_state)
 
-    grad_fn = micro_batched_value_and_grad(loss_fn, micro_batch_size)
-
-    @functools.partial(jax.jit, donate_argnums=0)
-    def step(state: TrainState, key):
-        active_dims, n_points = curriculum_at(state.step, curriculum)
-        xs_BxPxD, ys_BxP = curriculum_points(jax.random.fold_in(key, state.step), spec, batch_size, active_dims)
-        loss, grads = grad_fn(state.params, {"xs": xs_BxPxD, "ys": ys_BxP}, key, n_points)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "active_dims": active_dims, "n_points": n_points}
-        return TrainState(state.step + 1, params, opt_state), metrics
-
-    return step
-
-
-def train(key, model: InContextGPT2, spec: PromptSpec, n_steps: int, batch_size: int = 64,
-          curriculum: Curriculum | None = None, learning_rate: float = 1e-4):
-    """Garg's recipe (Adam, fresh prompts each step) for n_steps; returns (params, final-step metrics)."""
-    curriculum = Curriculum.garg(model.dim, spec.n_context + 1) if curriculum is None else curriculum
-    optimizer = optax.adam(learning_rate)
-    init_key, data_key = jax.random.split(key)
-    state = init_train_state(init_key, model, optimizer)
-    step = make_train_step(model, spec, batch_size, curriculum, optimizer)
-    metrics = None
-    for _ in range(n_steps):
-        state, metrics = step(state, data_key)
-    return state.params, jax.device_get(metrics)
+    return init_fn, loss_fn
 
 
 @functools.partial(jax.jit, static_argnames="model")

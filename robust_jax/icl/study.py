@@ -25,13 +25,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from robust_jax.core import config_checks as checks
+from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
-from robust_jax.core.train import TrainLoopConfig, train
+from robust_jax.core.config import loop_config
+from robust_jax.core.train import train
 from robust_jax.data.array_batches import IndexBatches
 from robust_jax.icl import baselines, theory
 from robust_jax.icl.evaluate import normalized_squared_error, summarize_errors
-from robust_jax.icl.gpt2 import Curriculum, curriculum_at, curriculum_points_at, gpt2_model, prefix_loss
+from robust_jax.icl.gpt2 import Curriculum, gpt2_model, training_functions
 from robust_jax.icl.lsa import LinearSelfAttention, lsa_predict, squared_loss
 from robust_jax.icl.tasks import PromptSpec, apply_shift, prompts_at, sample_prompts
 
@@ -41,44 +42,35 @@ SHIFTS = ("none", "noisy_labels", "nonlinear_labels", "query_orthogonal", "query
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     device_count = jax.device_count() if device_count is None else device_count
-    checks.check_int("seed", config.seed, minimum=0)
-    dim = checks.check_int("dim", config.dim, minimum=1)
-    checks.check_int("n_context", config.n_context, minimum=1)
+    dim = checks.check_int("config.dim", config.dim, minimum=1)
+    checks.check_int("config.n_context", config.n_context, minimum=1)
     if len(config.train_eigenvalues) != dim:
         raise checks.ConfigError(
             f"config.train_eigenvalues={tuple(config.train_eigenvalues)!r} is not allowed: needs dim={dim} entries")
     for i, value in enumerate(config.train_eigenvalues):
-        checks.check_float(f"train_eigenvalues[{i}]", value, positive=True)  # Λ positive definite
+        checks.check_float(f"config.train_eigenvalues[{i}]", value, positive=True)  # Λ positive definite
     for name in ("lsa_steps", "lsa_batch_size", "varying_steps", "varying_batch_size", "num_test_prompts",
                  "num_shift_prompts"):
-        checks.check_int(name, config[name], minimum=1)
+        checks.check_int(f"config.{name}", config[name], minimum=1)
     for name in ("lsa_batch_size", "varying_batch_size"):
-        checks.check_divisible(name, config[name], device_count, "the device count")
+        checks.check_divisible(f"config.{name}", config[name], device_count, "the device count")
     for name in ("lsa_learning_rate", "varying_learning_rate", "init_scale"):
-        checks.check_float(name, config[name], positive=True)
-    checks.check_int("test_context", config.test_context, minimum=1)
+        checks.check_float(f"config.{name}", config[name], positive=True)
+    checks.check_int("config.test_context", config.test_context, minimum=1)
     for i, c in enumerate(config.covariate_scales):
-        checks.check_float(f"covariate_scales[{i}]", c, positive=True)
+        checks.check_float(f"config.covariate_scales[{i}]", c, positive=True)
     for i, shift in enumerate(config.shifts):
-        checks.check_choice(f"shifts[{i}]", shift, SHIFTS)
-    checks.check_float("label_noise_std", config.label_noise_std, non_negative=True)
-    checks.check_choice("gpt2_size", config.gpt2_size, ("tiny", "small", "standard"))
-    checks.check_int("gpt2_steps", config.gpt2_steps, minimum=0)
-    checks.check_int("gpt2_batch_size", config.gpt2_batch_size, minimum=1)
-    checks.check_divisible("gpt2_batch_size", config.gpt2_batch_size, device_count, "the device count")
-    checks.check_int("gpt2_points", config.gpt2_points, minimum=2)
-    checks.check_int("gpt2_micro_batch_size", config.gpt2_micro_batch_size, minimum=0)
-    if config.gpt2_micro_batch_size:
-        checks.check_divisible("gpt2_batch_size", config.gpt2_batch_size, config.gpt2_micro_batch_size,
-                               "gpt2_micro_batch_size")
-    checks.check_float("gpt2_learning_rate", config.gpt2_learning_rate, positive=True)
+        checks.check_choice(f"config.shifts[{i}]", shift, SHIFTS)
+    checks.check_float("config.label_noise_std", config.label_noise_std, non_negative=True)
+    checks.check_choice("config.gpt2_size", config.gpt2_size, ("tiny", "small", "standard"))
+    checks.check_int("config.gpt2_points", config.gpt2_points, minimum=2)
 
 
-def train_lsa(spec: PromptSpec, *, workdir: str, steps: int, batch_size: int, learning_rate: float,
-              init_scale: float, seed: int, log_every: int, mesh: Mesh, desc: str):
+def train_lsa(spec: PromptSpec, config, *, workdir: str, steps: int, batch_size: int, learning_rate: float,
+              mesh: Mesh, desc: str):
     """SGD (the discrete version of the paper's gradient flow) on fresh prompts; constant rate for the first half,
     then cosine decay to zero, which averages out the sampling noise of the final iterates."""
-    model = LinearSelfAttention(dim=spec.dim, reduced=False, init_scale=init_scale)
+    model = LinearSelfAttention(dim=spec.dim, reduced=False, init_scale=config.init_scale)
 
     def init_fn(key):
         n = spec.n_context
@@ -96,9 +88,8 @@ def train_lsa(spec: PromptSpec, *, workdir: str, steps: int, batch_size: int, le
         workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.sgd(schedule),
         batches=IndexBatches(batch_size=batch_size, process_index=jax.process_index(),
                              process_count=jax.process_count()),
-        loop=TrainLoopConfig(num_steps=steps, seed=seed, log_every=log_every, checkpoint_every=max(1, steps // 4)),
-        mesh=mesh, desc=desc,
-    )
+        loop=loop_config(config, num_steps=steps, micro_batch_size=0), mesh=mesh, desc=desc,
+    ).state
     params = jax.device_get(state.params["params"])
     return np.asarray(params["w_kq"], np.float64), np.asarray(params["w_pv"], np.float64)
 
@@ -156,32 +147,21 @@ def evaluate_prompts(predictors: dict, spec: PromptSpec, *, key, num_prompts: in
 
 def train_gpt2(config, *, workdir: str, max_points: int, mesh: Mesh):
     """Garg et al.'s GPT-2 on identity-covariance prompts of config.gpt2_points points, loss over all prefixes,
-    their curriculum (optional); returns a predictor (xs, ys, x_query) -> ŷ. The model accepts prompts of up to
-    max_points points, but positions past the training length are never trained (ZFB's error spike for M > N)."""
+    their curriculum (optional), trained by the config's train block; returns a predictor (xs, ys, x_query) -> ŷ.
+    The model accepts prompts of up to max_points points, but positions past the training length are never
+    trained (ZFB's error spike for M > N)."""
     dim = config.dim
     model = gpt2_model(config.gpt2_size, dim, max_points=max_points)
     spec = PromptSpec(dim=dim, n_context=config.gpt2_points - 1)
     curriculum = (Curriculum.garg(dim, points_end=config.gpt2_points) if config.gpt2_curriculum
                   else Curriculum.fixed(dim, config.gpt2_points))
-
-    def init_fn(key):
-        points = config.gpt2_points
-        return model.init(key, jnp.zeros((1, points, dim)), jnp.zeros((1, points))), {}
-
-    def loss_fn(params, model_state, batch, key, step):
-        active_dims, n_points = curriculum_at(step, curriculum)
-        xs_BxPxD, ys_BxP = curriculum_points_at(key, spec, batch["index"], active_dims)
-        return prefix_loss(model.apply(params, xs_BxPxD, ys_BxP), ys_BxP, n_points), ({}, model_state)
-
+    init_fn, loss_fn = training_functions(model, spec, curriculum)
     state = train(
-        workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.adam(config.gpt2_learning_rate),
-        batches=IndexBatches(batch_size=config.gpt2_batch_size, process_index=jax.process_index(),
+        workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.adam(config.learning_rate),
+        batches=IndexBatches(batch_size=config.batch_size, process_index=jax.process_index(),
                              process_count=jax.process_count()),
-        loop=TrainLoopConfig(num_steps=config.gpt2_steps, seed=config.seed, log_every=config.log_every,
-                             checkpoint_every=max(1, config.gpt2_steps // 4),
-                             micro_batch_size=config.gpt2_micro_batch_size),
-        mesh=mesh, desc="GPT-2",
-    )
+        loop=loop_config(config), mesh=mesh, desc="GPT-2",
+    ).state
 
     @jax.jit
     def predict(params, xs_BxMxD, ys_BxM, x_query_BxD):
@@ -241,9 +221,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
 
     # 1. LSA to the global minimum, fixed non-isotropic covariance.
     lsa_weights = train_lsa(
-        spec, workdir=os.path.join(workdir, "lsa"), steps=config.lsa_steps, batch_size=config.lsa_batch_size,
-        learning_rate=config.lsa_learning_rate, init_scale=config.init_scale, seed=config.seed,
-        log_every=config.log_every, mesh=mesh, desc="LSA")
+        spec, config, workdir=os.path.join(workdir, "lsa"), steps=config.lsa_steps, batch_size=config.lsa_batch_size,
+        learning_rate=config.lsa_learning_rate, mesh=mesh, desc="LSA")
     inverse_gamma = np.linalg.inv(np.asarray(theory.gamma(covariance, n_context), np.float64))
     errors = minimum_errors(*lsa_weights, inverse_gamma)
     metrics["lsa_minimum_rel_err"] = errors["rel_err"]
@@ -264,9 +243,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     # 2. Varying covariance: a fresh Exp(1) diagonal per prompt.
     varying_spec = PromptSpec(dim=dim, n_context=n_context, covariance="random_diagonal")
     varying_weights = train_lsa(
-        varying_spec, workdir=os.path.join(workdir, "lsa_varying"), steps=config.varying_steps,
-        batch_size=config.varying_batch_size, learning_rate=config.varying_learning_rate,
-        init_scale=config.init_scale, seed=config.seed, log_every=config.log_every, mesh=mesh, desc="LSA varying")
+        varying_spec, config, workdir=os.path.join(workdir, "lsa_varying"), steps=config.varying_steps,
+        batch_size=config.varying_batch_size, learning_rate=config.varying_learning_rate, mesh=mesh,
+        desc="LSA varying")
     diagonals = np.random.default_rng(config.seed).exponential(1.0, size=(config.varying_minimum_samples, dim))
     a_kq, a_pv = (np.asarray(w, np.float64) for w in theory.varying_covariance_minimum(diagonals, n_context))
     matrix_a = a_pv[dim, dim] * a_kq[:dim, :dim]
@@ -293,7 +272,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     gd_step_size = baselines.tune_gradient_descent_step_size(
         tuning.xs_BxMxD, tuning.ys_BxM, tuning.x_query_BxD, tuning.target_B)
     predictors = _predictors(theory.global_minimum(np.eye(dim), n_context), gd_step_size)
-    if config.gpt2_steps > 0:
+    if config.num_steps > 0:
         predictors["gpt2"] = train_gpt2(config, workdir=os.path.join(workdir, "gpt2"), max_points=max(prefixes) + 1,
                                         mesh=mesh)
     shift_table = {}

@@ -17,18 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_jax.core import checks
+
 
 def _is_traced(value) -> bool:
     return isinstance(value, jax.core.Tracer)
-
-
-def check_positive_int(name: str, value) -> int:
-    """Returns `value` as int, or raises ValueError naming the argument when it is not an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r} of type {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value}")
-    return int(value)
 
 
 def check_covariance(name: str, cov) -> jax.Array:
@@ -64,7 +57,7 @@ def gamma(cov, n_context: int) -> jax.Array:
     estimate of E[x y].
     """
     cov = check_covariance("cov", cov)
-    n_context = check_positive_int("n_context", n_context)
+    n_context = checks.check_int("n_context", n_context, minimum=1)
     dim = cov.shape[0]
     return (1.0 + 1.0 / n_context) * cov + (jnp.trace(cov) / n_context) * jnp.eye(dim, dtype=cov.dtype)
 
@@ -119,8 +112,8 @@ def expected_test_error(cov, n_context: int, n_test_context: int, noise_var: flo
     a spurious Λ² from the spread of E[xy | w] = Λw across tasks).
     """
     cov = check_covariance("cov", cov)
-    n_context = check_positive_int("n_context", n_context)
-    n_test_context = check_positive_int("n_test_context", n_test_context)
+    n_context = checks.check_int("n_context", n_context, minimum=1)
+    n_test_context = checks.check_int("n_test_context", n_test_context, minimum=1)
     if not _is_traced(noise_var) and not (np.isfinite(noise_var) and noise_var >= 0.0):
         raise ValueError(f"noise_var must be finite and >= 0, got {noise_var!r}")
     dim = cov.shape[0]
@@ -147,7 +140,7 @@ def varying_covariance_minimum(sample_cov_diagonals, n_context: int) -> tuple[ja
     shape = np.shape(sample_cov_diagonals)
     if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
         raise ValueError(f"sample_cov_diagonals must have shape (K, d) with K >= 1 and d >= 1, got {shape}")
-    n_context = check_positive_int("n_context", n_context)
+    n_context = checks.check_int("n_context", n_context, minimum=1)
     if not _is_traced(sample_cov_diagonals):
         diagonals_np = np.asarray(sample_cov_diagonals, dtype=np.float64)
         if not np.all(np.isfinite(diagonals_np)) or diagonals_np.min() <= 0.0:

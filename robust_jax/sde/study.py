@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from robust_jax.core import config_checks as checks
+from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.progress import Progress
 from robust_jax.data.timeseries import offline_datasets, prepare_timeseries
@@ -40,49 +40,37 @@ def rate_name(rate: float) -> str:
     return f"missing={rate:g}"
 
 
-def _check_nonempty_unique(field: str, values) -> list:
-    values = list(values)
-    if not values:
-        raise checks.ConfigError(f"config.{field}=() is not allowed: give at least one value")
-    if len(set(values)) != len(values):
-        raise checks.ConfigError(f"config.{field}={tuple(values)!r} is not allowed: values must not repeat")
-    return values
+AUTO_BATCH_SIZE = True  # config.batch_size = 0: the reference's rule, per dataset
 
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     device_count = jax.device_count() if device_count is None else device_count
     allow_download = bool(config.allow_download)
     available = offline_datasets()
-    for i, name in enumerate(_check_nonempty_unique("datasets", config.datasets)):
+    for i, name in enumerate(checks.check_nonempty_unique("config.datasets", config.datasets)):
         if not isinstance(name, str) or (name not in available and not allow_download):
             raise checks.ConfigError(
                 f"config.datasets[{i}]={name!r} is not allowed: the offline UCR/UEA sets are {', '.join(available)} "
                 "(set config.allow_download=True to let aeon fetch other archive names)"
             )
-    for i, rate in enumerate(_check_nonempty_unique("missing_rates", config.missing_rates)):
-        checks.check_float(f"missing_rates[{i}]", rate, non_negative=True, below=1.0)
-    for i, model in enumerate(_check_nonempty_unique("models", config.models)):
-        checks.check_choice(f"models[{i}]", model, MODELS)
-    for i, seed in enumerate(_check_nonempty_unique("seeds", config.seeds)):
-        checks.check_int(f"seeds[{i}]", seed, minimum=0)
-    checks.check_int("hidden_dim", config.hidden_dim, minimum=1)
-    checks.check_int("hidden_hidden_dim", config.hidden_hidden_dim, minimum=1)
-    checks.check_int("num_hidden_layers", config.num_hidden_layers, minimum=1)
-    checks.check_choice("solver", config.solver, SOLVERS)
-    checks.check_choice("theory", config.theory, (False, True))
-    checks.check_choice("use_intensity", config.use_intensity, (False, True))
-    checks.check_float("learning_rate", config.learning_rate, positive=True)
-    checks.check_int("epochs", config.epochs, minimum=1)
-    checks.check_int("patience", config.patience, minimum=1)
-    checks.check_int("early_stopping_start", config.early_stopping_start, minimum=0)
-    checks.check_int("lr_step_epochs", config.lr_step_epochs, minimum=1)
-    checks.check_float("lr_decay", config.lr_decay, positive=True)
-    checks.check_int("batch_size", config.batch_size, minimum=0)
-    if config.batch_size:
-        checks.check_divisible("batch_size", config.batch_size, device_count, "the device count")
-    checks.check_int("eval_batch_size", config.eval_batch_size, minimum=1)
-    checks.check_divisible("eval_batch_size", config.eval_batch_size, device_count, "the device count")
-    checks.check_int("checkpoint_every_epochs", config.checkpoint_every_epochs, minimum=1)
+    for i, rate in enumerate(checks.check_nonempty_unique("config.missing_rates", config.missing_rates)):
+        checks.check_float(f"config.missing_rates[{i}]", rate, non_negative=True, below=1.0)
+    for i, model in enumerate(checks.check_nonempty_unique("config.models", config.models)):
+        checks.check_choice(f"config.models[{i}]", model, MODELS)
+    for i, seed in enumerate(checks.check_nonempty_unique("config.seeds", config.seeds)):
+        checks.check_int(f"config.seeds[{i}]", seed, minimum=0)
+    checks.check_int("config.hidden_dim", config.hidden_dim, minimum=1)
+    checks.check_int("config.hidden_hidden_dim", config.hidden_hidden_dim, minimum=1)
+    checks.check_int("config.num_hidden_layers", config.num_hidden_layers, minimum=1)
+    checks.check_choice("config.solver", config.solver, SOLVERS)
+    checks.check_choice("config.theory", config.theory, (False, True))
+    checks.check_choice("config.use_intensity", config.use_intensity, (False, True))
+    checks.check_int("config.patience", config.patience, minimum=1)
+    checks.check_int("config.early_stopping_start", config.early_stopping_start, minimum=0)
+    checks.check_int("config.lr_step_epochs", config.lr_step_epochs, minimum=1)
+    checks.check_float("config.lr_decay", config.lr_decay, positive=True)
+    checks.check_int("config.eval_batch_size", config.eval_batch_size, minimum=1)
+    checks.check_divisible("config.eval_batch_size", config.eval_batch_size, device_count, "the device count")
 
 
 def build_model(config: ml_collections.ConfigDict, model: str, num_classes: int) -> SDEClassifier:
@@ -107,15 +95,18 @@ def protocol_from(config: ml_collections.ConfigDict) -> Protocol:
         lr_decay=config.lr_decay,
         batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size,
-        checkpoint_every_epochs=config.checkpoint_every_epochs,
+        checkpoint_every_epochs=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
+        fsdp_min_size=config.fsdp_min_size,
+        micro_batch_size=config.micro_batch_size,
     )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     protocol = protocol_from(config)
-    datasets, rates, models, seeds = list(config.datasets), list(config.missing_rates), list(config.models), list(
-        config.seeds)
+    datasets, rates, models = list(config.datasets), list(config.missing_rates), list(config.models)
+    seeds = [config.seed + offset for offset in config.seeds]  # each cell's seed: data split, corruption, training
     accuracy = {}  # (dataset, rate, model, seed) -> test accuracy at the best validation epoch
     diverged = []
     total = len(datasets) * len(rates) * len(models) * len(seeds)

@@ -1,4 +1,4 @@
-"""The reference's training protocol for one (dataset, missing rate, model, seed) cell, epoch by epoch.
+"""The reference's training protocol for one (dataset, missing rate, model, seed) cell, on the core train loop.
 
 Protocol (Oh, Lim & Kim 2024, following Kidger et al.'s NCDE code): batch = the largest 2^i, i in 4..7, not above
 N_train / 2 (16 if none is); Adam; StepLR(10 epochs, x0.5) written as an optax staircase schedule in steps; after
@@ -7,13 +7,11 @@ best validation accuracy (ties broken by the lower validation loss, which matter
 series); training stops early once `patience` epochs pass without a better validation score, but never before
 `early_stopping_start` epochs (the paper: patience 10 after epoch 20, 100 epochs).
 
-Why an epoch loop here rather than `robust_jax.core.train.train`: the loop has to stop on a validation criterion, and
-calling `train` once per epoch would compile the step again and open a checkpoint manager and a TensorBoard writer
-every few steps (an epoch of BasicMotions is three steps). The loop reuses the core's pieces instead: `TrainState`,
-`Checkpointer` (state + a JSON record that holds the data position and the early-stopping bookkeeping, so an
-interrupted cell resumes exactly), `MetricsWriter`, `Progress`, the mesh helpers; the NaN rule is the core's too
-(non-finite states are never saved) except that a diverging cell stops and keeps its best epoch instead of aborting
-the whole grid, since divergence of the naive SDE is one of the outcomes the study measures.
+The cell trains through `robust_jax.core.train.train`: the epoch is an `Evaluation` every `steps_per_epoch` steps,
+early stopping is its `better` / `patience` / `start`, and a diverging cell stops (`on_non_finite="stop"`) and keeps
+its best epoch instead of aborting the whole grid, since divergence of the naive SDE is one of the outcomes the study
+measures. The loss, the initialisation and the optimizer are cached per (model, shapes, schedule), and the observation
+grid reaches the step as `constants`, so the core compiles the step once and every missing rate and seed reuses it.
 
 Randomness: step s uses fold_in(train_key, s), split into a Brownian key and a dropout key; example i of the pooled
 dataset gets the Brownian motion fold_in(brownian_key, i), so its noise does not depend on the batch it lands in.
@@ -36,11 +34,8 @@ import optax
 from jax.sharding import Mesh
 
 from robust_jax.core import mesh as mesh_lib
-from robust_jax.core.checkpoint import Checkpointer, abstract_like
 from robust_jax.core.evaluate import padded_batches
-from robust_jax.core.metrics import MetricsWriter
-from robust_jax.core.progress import Progress
-from robust_jax.core.train import TrainState
+from robust_jax.core.train import Evaluation, TrainLoopConfig, TrainState, train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.data.timeseries import TimeSeriesData
 from robust_jax.sde.models import SDEClassifier
@@ -59,6 +54,9 @@ class Protocol:
     batch_size: int = 0  # 0: the reference's rule
     eval_batch_size: int = 256
     checkpoint_every_epochs: int = 10
+    keep_checkpoints: int = 1
+    fsdp_min_size: int = 0
+    micro_batch_size: int = 0
 
 
 def reference_batch_size(num_train: int) -> int:
@@ -69,17 +67,18 @@ def reference_batch_size(num_train: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class CellFunctions:
-    """Compiled once per (model, widths, shapes, schedule) and shared by every missing rate and seed."""
+    """Built once per (model, shapes, schedule) and shared by every missing rate and seed, so the core train loop's
+    compiled step (cached on these objects' identity) is reused."""
 
     optimizer: optax.GradientTransformation
-    init_state: Callable  # (key, times, coeffs) -> TrainState
-    train_step: Callable  # (state, batch, times, train_key) -> (state, loss)
+    init_fn: Callable  # key -> (params, model_state)
+    loss_fn: Callable  # core loss: (params, model_state, batch, key, constants) -> (loss, (metrics, model_state))
     eval_sums: Callable  # (params, model_state, batch, times, eval_key) -> {"correct", "loss"} summed over the mask
 
 
 @functools.lru_cache(maxsize=32)
 def cell_functions(model: SDEClassifier, learning_rate: float, steps_per_epoch: int, lr_step_epochs: int,
-                   lr_decay: float) -> CellFunctions:
+                   lr_decay: float, times_shape: tuple, coeff_shapes: tuple) -> CellFunctions:
     schedule = optax.exponential_decay(
         learning_rate, transition_steps=lr_step_epochs * steps_per_epoch, decay_rate=lr_decay, staircase=True
     )
@@ -89,29 +88,22 @@ def cell_functions(model: SDEClassifier, learning_rate: float, steps_per_epoch: 
     def brownian(key, index):
         return jax.vmap(jax.random.fold_in, (None, 0))(key, index) if per_example_keys else key
 
-    def init_state(key, times, coeffs):
+    def init_fn(key):
+        # Parameters depend on the input shapes only, so zeros of the training batch's shapes stand in for data.
+        times = jnp.zeros(times_shape, jnp.float32)
+        coeffs = tuple(jnp.zeros(shape, jnp.float32) for shape in coeff_shapes)
         variables = model.init(key, times, coeffs, key)
-        params = variables["params"]
-        model_state = {k: v for k, v in variables.items() if k != "params"}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                          model_state=model_state)
+        return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
-    def train_step(state: TrainState, batch, times, train_key):
-        brownian_key, dropout_key = jax.random.split(jax.random.fold_in(train_key, state.step))
-
-        def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, **state.model_state}, times, _coeffs(batch),
-                brownian(brownian_key, batch["index"]), train=True, rngs={"dropout": dropout_key},
-                mutable=list(state.model_state),
-            )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            return loss, updates
-
-        (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), loss
+    def loss_fn(params, model_state, batch, key, constants):
+        brownian_key, dropout_key = jax.random.split(key)
+        logits, updates = model.apply(
+            {"params": params, **model_state}, constants["times"], _coeffs(batch),
+            brownian(brownian_key, batch["index"]), train=True, rngs={"dropout": dropout_key},
+            mutable=list(model_state),
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, ({}, updates)
 
     def eval_sums(params, model_state, batch, times, eval_key):
         logits = model.apply({"params": params, **model_state}, times, _coeffs(batch),
@@ -121,12 +113,7 @@ def cell_functions(model: SDEClassifier, learning_rate: float, steps_per_epoch: 
         mask = batch["mask"]
         return {"correct": jnp.sum(jnp.where(mask, correct, 0.0)), "loss": jnp.sum(jnp.where(mask, loss, 0.0))}
 
-    return CellFunctions(
-        optimizer=optimizer,
-        init_state=jax.jit(init_state),
-        train_step=jax.jit(train_step, donate_argnums=0),
-        eval_sums=jax.jit(eval_sums),
-    )
+    return CellFunctions(optimizer=optimizer, init_fn=init_fn, loss_fn=loss_fn, eval_sums=jax.jit(eval_sums))
 
 
 COEFF_NAMES = ("coeff_d", "coeff_c", "coeff_b", "coeff_a")
@@ -156,13 +143,11 @@ def evaluate_split(fns: CellFunctions, state: TrainState, arrays: dict, times, e
     return correct / size, loss / size
 
 
-def _improved(valid_accuracy: float, valid_loss: float, record: dict) -> bool:
-    if record["best_epoch"] is None:
-        return True
-    best_accuracy, best_loss = record["best_valid_accuracy"], record["best_valid_loss"]
-    if valid_accuracy != best_accuracy:
-        return valid_accuracy > best_accuracy
-    return math.isfinite(valid_loss) and not valid_loss >= best_loss
+def better_validation(new: dict, best: dict) -> bool:
+    """Higher validation accuracy; at equal accuracy, a lower (finite) validation loss."""
+    if new["valid_accuracy"] != best["valid_accuracy"]:
+        return new["valid_accuracy"] > best["valid_accuracy"]
+    return math.isfinite(new["valid_loss"]) and not new["valid_loss"] >= best["valid_loss"]
 
 
 def train_cell(
@@ -195,73 +180,38 @@ def train_cell(
     steps_per_epoch = num_train // batch_size  # a final partial batch is dropped (ArrayBatches)
     eval_batch = min(protocol.eval_batch_size, -(-max(len(data.splits["valid"]), len(data.splits["test"])) // devices)
                      * devices)
-    fns = cell_functions(model, protocol.learning_rate, steps_per_epoch, protocol.lr_step_epochs, protocol.lr_decay)
+    coeff_shapes = tuple((batch_size, *train_arrays[name].shape[1:]) for name in COEFF_NAMES)
+    fns = cell_functions(model, protocol.learning_rate, steps_per_epoch, protocol.lr_step_epochs, protocol.lr_decay,
+                         tuple(np.shape(data.times)), coeff_shapes)
     valid_arrays, test_arrays = _split_arrays(data, "valid"), _split_arrays(data, "test")
     times = jnp.asarray(data.times)
     init_key, train_key, eval_key = jax.random.split(jax.random.key(seed), 3)
 
+    def evaluate_epoch(state) -> dict:
+        valid_accuracy, valid_loss = evaluate_split(fns, state, valid_arrays, times, eval_key, eval_batch, mesh)
+        test_accuracy, _ = evaluate_split(fns, state, test_arrays, times, eval_key, eval_batch, mesh)
+        return {"valid_accuracy": valid_accuracy, "valid_loss": valid_loss, "test_accuracy": test_accuracy}
+
     batches = ArrayBatches(train_arrays, batch_size=batch_size, seed=seed, process_index=jax.process_index(),
                            process_count=jax.process_count())
-    replicated = mesh_lib.replicated(mesh)
-    sample = _coeffs(mesh_lib.global_batch(mesh, {name: train_arrays[name][:batch_size] for name in COEFF_NAMES}))
-    abstract_state = jax.eval_shape(fns.init_state, init_key, times, sample)
-    shardings = jax.tree.map(lambda _: replicated, abstract_state)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=1, keep=1)
-    writer = MetricsWriter(workdir)
-    record = {"epoch": 0, "best_epoch": None, "best_valid_accuracy": None, "best_valid_loss": None,
-              "test_accuracy": None, "since_best": 0, "diverged_at_epoch": None}
-    try:
-        latest = checkpointer.latest_step()
-        if latest is not None:
-            state, saved = checkpointer.restore(abstract_like(abstract_state, shardings), latest)
-            batches.set_state(saved["batches"])
-            record = saved["record"]
-            writer.truncate_after(record["epoch"])
-        else:
-            state = jax.device_put(fns.init_state(init_key, times, sample), replicated)
-
-        def save(epoch_state):
-            checkpointer.save(int(jax.device_get(epoch_state.step)), epoch_state,
-                              {"batches": batches.get_state(), "record": record}, force=True)
-
-        with Progress(protocol.epochs, desc, initial=record["epoch"]) as progress:
-            for epoch in range(record["epoch"], protocol.epochs):
-                losses = []
-                for _ in range(steps_per_epoch):
-                    state, loss = fns.train_step(state, mesh_lib.global_batch(mesh, next(batches)), times, train_key)
-                    losses.append(loss)
-                train_loss = float(np.mean(jax.device_get(losses)))
-                valid_accuracy, valid_loss = evaluate_split(fns, state, valid_arrays, times, eval_key, eval_batch, mesh)
-                test_accuracy, _ = evaluate_split(fns, state, test_arrays, times, eval_key, eval_batch, mesh)
-                record["epoch"] = epoch + 1
-                if _improved(valid_accuracy, valid_loss, record):
-                    record.update(best_epoch=epoch + 1, best_valid_accuracy=valid_accuracy,
-                                  best_valid_loss=valid_loss, test_accuracy=test_accuracy, since_best=0)
-                else:
-                    record["since_best"] += 1
-                writer.write(epoch + 1, {"train_loss": train_loss, "valid_accuracy": valid_accuracy,
-                                         "valid_loss": valid_loss, "test_accuracy": test_accuracy})
-                progress.update(1, loss=train_loss, valid=valid_accuracy)
-                stopped = False
-                if not math.isfinite(train_loss):
-                    record["diverged_at_epoch"] = epoch + 1
-                    stopped = True  # the non-finite state is not saved: the last checkpoint stays the last good one
-                    break
-                if epoch + 1 >= protocol.early_stopping_start and record["since_best"] >= protocol.patience:
-                    stopped = True
-                if stopped or (epoch + 1) % protocol.checkpoint_every_epochs == 0 or epoch + 1 == protocol.epochs:
-                    save(state)
-                if stopped:
-                    break
-    finally:
-        checkpointer.close()
-        writer.close()
+    trained = train(
+        workdir=workdir, init_fn=fns.init_fn, loss_fn=fns.loss_fn, optimizer=fns.optimizer, batches=batches,
+        loop=TrainLoopConfig(num_steps=protocol.epochs * steps_per_epoch, log_every=steps_per_epoch,
+                             checkpoint_every=protocol.checkpoint_every_epochs * steps_per_epoch,
+                             keep_checkpoints=protocol.keep_checkpoints, fsdp_min_size=protocol.fsdp_min_size,
+                             micro_batch_size=protocol.micro_batch_size),
+        mesh=mesh, desc=desc, constants={"times": times}, keys=(init_key, train_key), on_non_finite="stop",
+        evaluation=Evaluation(every=steps_per_epoch, fn=evaluate_epoch, better=better_validation,
+                              patience=protocol.patience, start=protocol.early_stopping_start),
+    )
+    best = trained.best or {"step": None, "metrics": {"test_accuracy": None, "valid_accuracy": None}}
+    diverged = trained.diverged_at_step
     result = {
-        "test_accuracy": record["test_accuracy"],
-        "best_epoch": record["best_epoch"],
-        "best_valid_accuracy": record["best_valid_accuracy"],
-        "epochs_run": record["epoch"],
-        "diverged_at_epoch": record["diverged_at_epoch"],
+        "test_accuracy": best["metrics"]["test_accuracy"],
+        "best_epoch": None if best["step"] is None else best["step"] // steps_per_epoch,
+        "best_valid_accuracy": best["metrics"]["valid_accuracy"],
+        "epochs_run": trained.evaluations if diverged is None else diverged // steps_per_epoch + 1,
+        "diverged_at_epoch": None if diverged is None else diverged // steps_per_epoch + 1,
         "batch_size": batch_size,
     }
     if jax.process_index() == 0:

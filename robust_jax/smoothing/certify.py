@@ -14,13 +14,13 @@ import numpy as np
 from jax.sharding import Mesh
 from scipy import stats
 
-from robust_jax.smoothing.checks import (
-    check_positive_int,
-    check_probability,
+from robust_jax.core import checks
+from robust_jax.smoothing.sampling import (
+    _sample_counts_unchecked,
+    as_noise_dtype,
     check_sampling_arguments,
-    check_unit_interval_input,
+    sample_counts,
 )
-from robust_jax.smoothing.sampling import _sample_counts_unchecked, as_noise_dtype, sample_counts
 
 __all__ = ["ABSTAIN", "certify", "lower_confidence_bound", "predict", "sample_counts"]
 
@@ -35,10 +35,9 @@ def lower_confidence_bound(n_a: int, n: int, alpha: float) -> float:
 
     Equals the alpha quantile of Beta(n_a, n - n_a + 1); by convention 0 when n_a = 0 (the Beta is undefined there).
     """
-    n = check_positive_int("n", n)
-    if isinstance(n_a, bool) or not isinstance(n_a, (int, np.integer)) or not 0 <= n_a <= n:
-        raise ValueError(f"n_a must be an integer in [0, n={n}], got {n_a!r}")
-    alpha = check_probability("alpha", alpha)
+    n = checks.check_int("n", n, minimum=1)
+    checks.check_int("n_a", n_a, minimum=0, maximum=n)
+    alpha = checks.check_probability("alpha", alpha)
     if n_a == 0:
         return 0.0
     return float(stats.beta.ppf(alpha, n_a, n - n_a + 1))
@@ -72,7 +71,7 @@ def predict(
     """
     args = check_sampling_arguments(sigma=sigma, n=n, alpha=alpha, batch_size=batch_size, num_classes=num_classes)
     sigma, n, alpha, batch_size, num_classes = (args[k] for k in ("sigma", "n", "alpha", "batch_size", "num_classes"))
-    x_host = as_noise_dtype(check_unit_interval_input("x", x))
+    x_host = as_noise_dtype(checks.check_unit_interval_array("x", x))
 
     counts = _sample_counts_unchecked(apply_fn, params, x_host, sigma, n, batch_size, key, num_classes, mesh)
     top_class, count_a, count_b = _top_two(counts)
@@ -100,9 +99,15 @@ def certify(
     """
     args = check_sampling_arguments(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
                                     num_classes=num_classes)
-    sigma, n0, n, alpha, batch_size, num_classes = (
-        args[k] for k in ("sigma", "n0", "n", "alpha", "batch_size", "num_classes"))
-    x_host = as_noise_dtype(check_unit_interval_input("x", x))
+    x_host = as_noise_dtype(checks.check_unit_interval_array("x", x))
+    return certify_unchecked(apply_fn, params, x_host, key=key, mesh=mesh, **args)
+
+
+def certify_unchecked(apply_fn, params, x_host: np.ndarray, *, sigma: float, n0: int, n: int, alpha: float,
+                      batch_size: int, key: jax.Array, num_classes: int | None, mesh: Mesh | None
+                      ) -> tuple[int, float]:
+    """`certify` on arguments already checked (`check_sampling_arguments`) and an input already in the noise dtype:
+    what loops over many inputs call, after checking their settings once."""
 
     def counts_from(stream: int, num_samples: int) -> np.ndarray:
         return _sample_counts_unchecked(

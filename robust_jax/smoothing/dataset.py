@@ -21,13 +21,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from robust_jax.smoothing.certify import certify
-from robust_jax.smoothing.checks import (
-    check_positive_int,
-    check_sampling_arguments,
-    check_unit_interval_input,
-)
+from robust_jax.core import checks
 from robust_jax.core.progress import Progress
+from robust_jax.smoothing.certify import certify_unchecked
+from robust_jax.smoothing.sampling import as_noise_dtype, check_sampling_arguments
 from robust_jax.smoothing.report import CertificationResults
 
 COLUMNS = ("index", "label", "prediction", "radius", "correct", "seconds")
@@ -154,18 +151,20 @@ def certify_dataset(
     images: array of shape (examples, ...) with values in [0, 1]; labels: integer array of shape (examples,).
     max_new_examples stops after that many newly certified examples (a time-boxed run; rerun to continue).
     """
-    sigma = check_sampling_arguments(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
-                                     num_classes=num_classes)["sigma"]
-    every = check_positive_int("every", every)
-    if max_new_examples is not None and (isinstance(max_new_examples, bool) or max_new_examples < 0):
-        raise ValueError(f"max_new_examples must be None or an integer >= 0, got {max_new_examples!r}")
+    args = check_sampling_arguments(sigma=sigma, n0=n0, n=n, alpha=alpha, batch_size=batch_size,
+                                    num_classes=num_classes)
+    sigma = args["sigma"]
+    every = checks.check_int("every", every, minimum=1)
+    if max_new_examples is not None:
+        checks.check_int("max_new_examples", max_new_examples, minimum=0)
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
     if len(images) != len(labels):
         raise ValueError(f"images and labels must have the same length, got {len(images)} and {len(labels)}")
-    if isinstance(images, (np.ndarray, jax.Array)):
-        check_unit_interval_input("images", images)
+    in_memory = isinstance(images, (np.ndarray, jax.Array))
+    if in_memory:  # checked once here; a lazily loaded image is checked as it is read
+        checks.check_unit_interval_array("images", images)
 
     os.makedirs(workdir, exist_ok=True)
     path = certification_path(workdir, sigma)
@@ -189,10 +188,11 @@ def certify_dataset(
     with open(path, "a") as log:
         for count, index in enumerate(todo, start=1):
             started = time.perf_counter()
-            prediction, radius = certify(
-                apply_fn, params, images[index], sigma=sigma, n0=n0, n=n, alpha=alpha,
-                batch_size=batch_size, key=jax.random.fold_in(key, index), num_classes=num_classes, mesh=mesh,
-            )
+            image = images[index] if in_memory else checks.check_unit_interval_array(f"images[{index}]",
+                                                                                     images[index])
+            prediction, radius = certify_unchecked(
+                apply_fn, params, as_noise_dtype(np.asarray(image)), key=jax.random.fold_in(key, index), mesh=mesh,
+                **args)
             label = int(labels[index])
             record = CertificationRecord(
                 index, label, prediction, float(radius), int(prediction == label), time.perf_counter() - started

@@ -30,10 +30,22 @@ import numpy as np
 from jax.sharding import Mesh
 
 from robust_jax.core.mesh import batch_sharding, make_data_mesh, replicated
-from robust_jax.smoothing.checks import (
-    check_sampling_arguments,
-    check_unit_interval_input,
-)
+from robust_jax.core import checks
+
+
+def check_sampling_arguments(*, sigma, batch_size, num_classes=None, alpha=None, **sample_counts) -> dict:
+    """The checks every sampling entry point shares, run once per call; returns the validated values by name.
+
+    sigma is the noise standard deviation for inputs in [0, 1]. sample_counts are the named sample counts of the
+    call (n, n0, num_samples, ...), each an integer >= 1.
+    """
+    checked = {"sigma": checks.check_float("sigma", sigma, positive=True),
+               "batch_size": checks.check_int("batch_size", batch_size, minimum=1)}
+    checked.update({name: checks.check_int(name, value, minimum=1) for name, value in sample_counts.items()})
+    if alpha is not None:
+        checked["alpha"] = checks.check_probability("alpha", alpha)
+    checked["num_classes"] = None if num_classes is None else checks.check_int("num_classes", num_classes, minimum=1)
+    return checked
 
 
 def padded_batch_size(batch_size: int, device_count: int) -> int:
@@ -138,8 +150,7 @@ def sample_counts(
                                     num_classes=num_classes)
     sigma, num_samples, batch_size, num_classes = (
         args[k] for k in ("sigma", "num_samples", "batch_size", "num_classes"))
-    x_host = check_unit_interval_input("x", x)
-    x_host = as_noise_dtype(x_host)
+    x_host = as_noise_dtype(checks.check_unit_interval_array("x", x))
     return _sample_counts_unchecked(
         apply_fn, params, x_host, sigma, num_samples, batch_size, key, num_classes, mesh
     )

@@ -22,10 +22,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from robust_jax.core import config_checks as checks
+from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.evaluate import evaluate
-from robust_jax.core.train import TrainLoopConfig, train
+from robust_jax.core.config import loop_config
+from robust_jax.core.train import train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.smoothing.dataset import certify_dataset, load_certification_results
 from robust_jax.smoothing.report import accuracy_table, write_report
@@ -185,40 +186,33 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
     device_count = jax.device_count() if device_count is None else device_count
-    checks.check_choice("dataset", config.dataset, DATASETS)
-    checks.check_choice("model", config.model, MODELS)
-    checks.check_choice("optimizer", config.optimizer, OPTIMIZERS)
-    checks.check_choice("lr_schedule", config.lr_schedule, LR_SCHEDULES)
-    checks.check_float("momentum", config.momentum, non_negative=True)
-    checks.check_float("weight_decay", config.weight_decay, non_negative=True)
+    checks.check_choice("config.dataset", config.dataset, DATASETS)
+    checks.check_choice("config.model", config.model, MODELS)
+    checks.check_choice("config.optimizer", config.optimizer, OPTIMIZERS)
+    checks.check_choice("config.lr_schedule", config.lr_schedule, LR_SCHEDULES)
+    checks.check_float("config.momentum", config.momentum, non_negative=True)
+    checks.check_float("config.weight_decay", config.weight_decay, non_negative=True)
     if config.dataset == "digits" and config.model != "small_cnn":
         raise checks.ConfigError(f"config.model={config.model!r} is not allowed with dataset='digits': "
                                  "the 8x8 digits use small_cnn")
-    checks.check_int("seed", config.seed, minimum=0)
     if len(config.sigmas) == 0:
         raise checks.ConfigError("config.sigmas=() is not allowed: give at least one noise level")
     for i, sigma in enumerate(config.sigmas):
-        checks.check_float(f"sigmas[{i}]", sigma, positive=True)
+        checks.check_float(f"config.sigmas[{i}]", sigma, positive=True)
     for i, radius in enumerate(config.radii):
-        checks.check_float(f"radii[{i}]", radius, non_negative=True)
-    checks.check_int("num_steps", config.num_steps, minimum=1)
-    checks.check_int("batch_size", config.batch_size, minimum=1)
-    checks.check_divisible("batch_size", config.batch_size, device_count, "the device count")
-    checks.check_int("eval_batch_size", config.eval_batch_size, minimum=1)
-    checks.check_divisible("eval_batch_size", config.eval_batch_size, device_count, "the device count")
-    checks.check_float("learning_rate", config.learning_rate, positive=True)
-    checks.check_float("consistency_lambda", config.consistency_lambda, non_negative=True)
-    checks.check_float("consistency_eta", config.consistency_eta, non_negative=True)
-    checks.check_int("consistency_copies", config.consistency_copies, minimum=1)
-    checks.check_int("max_translation", config.max_translation, minimum=0)
-    checks.check_int("n0", config.n0, minimum=1)
-    checks.check_int("n", config.n, minimum=1)
-    checks.check_float("alpha", config.alpha, positive=True, below=1.0)
-    checks.check_int("certify_batch_size", config.certify_batch_size, minimum=1)
-    checks.check_int("certify_every", config.certify_every, minimum=1)
-    checks.check_int("log_every", config.log_every, minimum=1)
-    checks.check_int("checkpoint_every", config.checkpoint_every, minimum=1)
-    checks.check_float("test_fraction", config.test_fraction, positive=True, below=1.0)
+        checks.check_float(f"config.radii[{i}]", radius, non_negative=True)
+    checks.check_int("config.eval_batch_size", config.eval_batch_size, minimum=1)
+    checks.check_divisible("config.eval_batch_size", config.eval_batch_size, device_count, "the device count")
+    checks.check_float("config.consistency_lambda", config.consistency_lambda, non_negative=True)
+    checks.check_float("config.consistency_eta", config.consistency_eta, non_negative=True)
+    checks.check_int("config.consistency_copies", config.consistency_copies, minimum=1)
+    checks.check_int("config.max_translation", config.max_translation, minimum=0)
+    checks.check_int("config.n0", config.n0, minimum=1)
+    checks.check_int("config.n", config.n, minimum=1)
+    checks.check_float("config.alpha", config.alpha, positive=True, below=1.0)
+    checks.check_int("config.certify_batch_size", config.certify_batch_size, minimum=1)
+    checks.check_int("config.certify_every", config.certify_every, minimum=1)
+    checks.check_float("config.test_fraction", config.test_fraction, positive=True, below=1.0)
 
 
 def sigma_name(sigma: float) -> str:
@@ -245,11 +239,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
             ),
             optimizer=make_optimizer(config),
             batches=make_batches(),
-            loop=TrainLoopConfig(num_steps=config.num_steps, seed=config.seed, log_every=config.log_every,
-                                 checkpoint_every=config.checkpoint_every),
+            loop=loop_config(config),
             mesh=mesh,
             desc=f"train {sigma_name(sigma)}",
-        )
+        ).state
         variables = {"params": state.params, **state.model_state}
 
         def noisy_accuracy(variables, batch, sigma=sigma):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from experiments.configs import clip_pretrain as clip_pretrain_config
+from robust_jax.configs import clip_pretrain as clip_pretrain_config
 from robust_jax.clip_pretrain import captions, study
 from robust_jax.core.config_checks import ConfigError
 from robust_jax.core.run import run_study

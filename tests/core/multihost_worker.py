@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 sys.path.insert(0, ".")
-from experiments.configs import digits  # noqa: E402
+from robust_jax.configs import digits  # noqa: E402
 from robust_jax.digits import study  # noqa: E402
 
 config = digits.get_config("tiny")

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from experiments.configs import digits
+from robust_jax.configs import digits
 from robust_jax.core.mesh import make_data_mesh
 from robust_jax.digits import study
 

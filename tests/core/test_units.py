@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from robust_jax.core import config_checks as checks
-from robust_jax.core.config_loading import check_arguments
+from robust_jax.core import checks
+from robust_jax.core.config_loading import load_config
 from robust_jax.core.metrics import MetricsWriter
 from robust_jax.core.progress import Progress
 from robust_jax.data.array_batches import ArrayBatches
@@ -16,14 +16,14 @@ from robust_jax.data.array_batches import ArrayBatches
 @pytest.mark.parametrize(
     "call,pattern",
     [
-        (lambda: checks.check_int("batch_size", 0, minimum=1), r"config\.batch_size=0 is not allowed: must be >= 1"),
-        (lambda: checks.check_int("steps", 2.5), r"config\.steps=2\.5 .*integer"),
-        (lambda: checks.check_int("steps", True), r"config\.steps=True .*integer"),
-        (lambda: checks.check_float("lr", -1.0, positive=True), r"config\.lr=-1\.0 .*> 0"),
-        (lambda: checks.check_float("lr", float("nan"), positive=True), r"config\.lr=nan .*finite"),
-        (lambda: checks.check_float("p", 1.0, below=1.0), r"config\.p=1\.0 .*< 1\.0"),
-        (lambda: checks.check_choice("model", "x", ["a", "b"]), r"config\.model='x' .*\['a', 'b'\]"),
-        (lambda: checks.check_divisible("batch_size", 12, 8, "the device count"), r"divisible by the device count \(8\)"),
+        (lambda: checks.check_int("config.batch_size", 0, minimum=1), r"config\.batch_size=0 is not allowed: must be >= 1"),
+        (lambda: checks.check_int("config.steps", 2.5), r"config\.steps=2\.5 .*integer"),
+        (lambda: checks.check_int("config.steps", True), r"config\.steps=True .*integer"),
+        (lambda: checks.check_float("config.lr", -1.0, positive=True), r"config\.lr=-1\.0 .*> 0"),
+        (lambda: checks.check_float("config.lr", float("nan"), positive=True), r"config\.lr=nan .*finite"),
+        (lambda: checks.check_float("config.p", 1.0, below=1.0), r"config\.p=1\.0 .*< 1\.0"),
+        (lambda: checks.check_choice("config.model", "x", ["a", "b"]), r"config\.model='x' .*\['a', 'b'\]"),
+        (lambda: checks.check_divisible("config.batch_size", 12, 8, "the device count"), r"divisible by the device count \(8\)"),
     ],
 )
 def test_checks_name_field_value_and_rule(call, pattern):
@@ -31,19 +31,32 @@ def test_checks_name_field_value_and_rule(call, pattern):
         call()
 
 
+def test_argument_checks_raise_value_errors_naming_the_argument():
+    """The same helpers check function arguments: a plain ValueError (not a config error) naming the argument."""
+    with pytest.raises(ValueError, match=r"^sigma=-0\.5 is not allowed: must be > 0$") as raised:
+        checks.check_float("sigma", -0.5, positive=True)
+    assert not isinstance(raised.value, checks.ConfigError)
+    with pytest.raises(ValueError, match=r"alpha=1\.0 is not allowed: must be in the open interval"):
+        checks.check_probability("alpha", 1.0)
+    with pytest.raises(ValueError, match=r"x=<array with range \[-0\.5, 1\.0\]> .*normalise inside the model"):
+        checks.check_unit_interval_array("x", np.array([-0.5, 1.0]))
+
+
 def test_checks_accept_good_values():
-    assert checks.check_int("n", 3, minimum=1, maximum=3) == 3
-    assert checks.check_float("lr", 1, positive=True) == 1.0
-    assert checks.check_choice("m", "a", ["a"]) == "a"
+    assert checks.check_int("config.n", 3, minimum=1, maximum=3) == 3
+    assert checks.check_float("config.lr", 1, positive=True) == 1.0
+    assert checks.check_choice("config.m", "a", ["a"]) == "a"
 
 
-def test_override_checks():
-    base = ["main", "--config=experiments/configs/digits.py:tiny"]
-    check_arguments([*base, "--config.batch_size=16", "--config.learning_rate=1e-2", "--config.features=(4,8)"])
+def test_overrides_are_parsed_as_the_field_type_and_locked():
+    config = load_config("digits:tiny", [("batch_size", "16"), ("learning_rate", "1e-2"), ("features", "(4,8)")])
+    assert config.batch_size == 16 and config.learning_rate == 0.01 and config.features == (4, 8)
+    with pytest.raises(AttributeError):
+        config.new_field = 1  # locked: a typo cannot add a field
     with pytest.raises(checks.ConfigError, match=r"config\.learning_rate='fast' .*expected float"):
-        check_arguments([*base, "--config.learning_rate=fast"])
+        load_config("digits:tiny", [("learning_rate", "fast")])
     with pytest.raises(checks.ConfigError, match=r"no field 'depth'"):
-        check_arguments([*base, "--config.depth=3"])
+        load_config("digits:tiny", [("depth", "3")])
 
 
 def test_array_batches_resume_and_process_split():
@@ -106,3 +119,18 @@ def test_index_batches_cover_consecutive_indices_and_resume():
     for h in halves:
         h.set_state({"step": 2})
     assert np.concatenate([next(h)["index"] for h in halves]).tolist() == list(range(12, 18))
+
+
+def test_progress_eta_leaves_out_the_first_item(monkeypatch):
+    """The first item (compilation, in a training run) is slow; the ETA comes from the items after it."""
+    clock = iter([0.0, 100.0, 101.0, 102.0])  # start, first item done after 100 s, then 1 s per item
+    monkeypatch.setattr("robust_jax.core.progress.time.perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    progress = Progress(10, "train", enabled=True, stream=stream, interval_s=0.0)
+    progress.update(1)
+    progress.update(1)
+    progress.update(1)
+    first, second, third = stream.getvalue().splitlines()
+    assert "first took 1:40" in first and "ETA" in first and "ETA 1:" not in first
+    assert "1/s" in second and "ETA 0:08" in second, second  # 8 items left at 1 item/s
+    assert "ETA 0:07" in third, third

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.configs import digits
+from robust_jax.configs import digits
 from robust_jax.core.run import run_study
 from robust_jax.data.digits import load_digits_splits
 

@@ -14,12 +14,12 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import digits
+from robust_jax.configs import digits
 from robust_jax.core.train import restore_latest_state
 from robust_jax.digits import study
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-TINY = "--config=experiments/configs/digits.py:tiny"
+TINY = "--config=digits:tiny"
 
 
 def _env(devices=1):
@@ -38,13 +38,13 @@ def _main(args, devices=1, timeout=240):
 
 BAD_CONFIGS = [
     ([TINY, "--config.study=nosuchstudy"], 1, r"config\.study='nosuchstudy'.*one of"),
-    (["--config=experiments/configs/digits.py:huge"], 1, r"preset='huge'.*one of"),
+    (["--config=digits:huge"], 1, r"preset='huge'.*one of"),
     ([TINY, "--config.no_such_field=3"], 1, r"no_such_field"),
     ([TINY, "--config.batch_size=abc"], 1, r"batch_size.*abc"),
     ([TINY, "--config.learning_rate=-0.1"], 1, r"config\.learning_rate=-0\.1.*must be > 0"),
     ([TINY, "--config.batch_size=0"], 1, r"config\.batch_size=0.*must be >= 1"),
     ([TINY, "--config.batch_size=12"], 8, r"config\.batch_size=12.*divisible by the device count \(8\)"),
-    (["--config=experiments/configs/nosuchfile.py:cpu"], 1, r"nosuchfile"),
+    (["--config=nosuchfile:cpu"], 1, r"nosuchfile"),
 ]
 
 

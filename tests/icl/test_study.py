@@ -3,7 +3,7 @@ numbers agree with an independent recomputation."""
 
 import numpy as np
 
-from experiments.configs import icl
+from robust_jax.configs import icl
 from robust_jax.core.run import run_study
 from robust_jax.icl import study, theory
 

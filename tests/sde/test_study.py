@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from experiments.configs import sde as sde_configs
+from robust_jax.configs import sde as sde_configs
 from robust_jax.core import run as run_lib
 from robust_jax.core.config_checks import ConfigError
 from robust_jax.data.timeseries import prepare_timeseries

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from experiments.configs import smoothing
+from robust_jax.configs import smoothing
 from robust_jax.core.run import run_study
 
 

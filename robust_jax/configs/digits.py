@@ -1,7 +1,7 @@
 """Digits: a small CNN on scikit-learn's 8x8 digits (optionally with Gaussian-noise augmentation).
 
 Command:
-  python -m experiments.main --config=experiments/configs/digits.py:cpu --workdir=workdirs/digits
+  python -m experiments.main --config=digits:cpu --workdir=workdirs/digits
 
 Presets:
   tiny  a few seconds; for tests and Colab. Test accuracy is not meaningful.
@@ -13,29 +13,18 @@ Override any field with --config.<field>=<value>, e.g. --config.learning_rate=3e
 
 import ml_collections
 
+from robust_jax.core.config import new_config
+
 PRESETS = ("tiny", "cpu", "noisy")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    from robust_jax.core.config_checks import check_preset
-
-    preset = check_preset(preset, PRESETS)
-    config = ml_collections.ConfigDict()
-    config.study = "digits"
-    config.preset = preset
-    config.seed = 0
-    config.num_steps = 1500
-    config.batch_size = 128
+    config, preset = new_config("digits", preset, PRESETS, num_steps=1500, batch_size=128, learning_rate=1e-3, log_every=50, checkpoint_every=500)
     config.eval_batch_size = 512
-    config.learning_rate = 1e-3
     config.noise_sigma = 0.0
     config.test_fraction = 0.2
     config.features = (32, 64)
     config.hidden = 128
-    config.log_every = 50
-    config.checkpoint_every = 500
-    config.keep_checkpoints = 2
-    config.fsdp_min_size = 0  # 0: parameters replicated
     if preset == "tiny":
         config.num_steps = 20
         config.batch_size = 64

@@ -1,7 +1,7 @@
 """Stable neural SDEs under missing data (Oh, Lim & Kim, ICLR 2024): LSDE / LNSDE / GSDE vs naive SDE and neural CDE.
 
 Command:
-  python -m experiments.main --config=experiments/configs/sde.py:cpu --workdir=workdirs/sde
+  python -m experiments.main --config=sde:cpu --workdir=workdirs/sde
 
 Presets:
   tiny   seconds; tests and Colab. BasicMotions at 0% and 50% missing, LSDE and the naive SDE, width 8, 2 epochs.
@@ -43,6 +43,8 @@ moves an accuracy by 0.083 / 0.033 / 0.006: with one seed these are indications,
 
 import ml_collections
 
+from robust_jax.core.config import new_config
+
 PRESETS = ("tiny", "cpu", "paper")
 PAPER_DATASETS = (
     "ACSF1", "ArrowHead", "BasicMotions", "GunPoint", "ItalyPowerDemand", "JapaneseVowels", "OSULeaf",
@@ -51,17 +53,15 @@ PAPER_DATASETS = (
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    from robust_jax.core.config_checks import check_preset
-
-    preset = check_preset(preset, PRESETS)
-    c = ml_collections.ConfigDict()
-    c.study = "sde"
-    c.preset = preset
+    # The train block (robust_jax.core.config) is epoch-based here: checkpoint_every counts epochs, and
+    # batch_size = 0 means the reference's rule (the largest 2^i, i in 4..7, not above N_train / 2).
+    c, preset = new_config("sde", preset, PRESETS, epochs=60, batch_size=0, learning_rate=3e-3, log_every=1,
+                           checkpoint_every=10, keep_checkpoints=1)
     # The grid.
     c.datasets = ("BasicMotions", "GunPoint", "ItalyPowerDemand")
     c.missing_rates = (0.0, 0.3, 0.5, 0.7)
     c.models = ("lsde", "lnsde", "gsde", "naive_sde", "ncde")
-    c.seeds = (0,)
+    c.seeds = (0,)  # one cell per seed: the train block's seed is not used
     c.allow_download = False  # True: aeon may fetch archive names that are not shipped (needs a network)
     c.use_intensity = False  # the observational-intensity channel (the paper uses it for Sepsis only)
     # Models.
@@ -71,15 +71,11 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.theory = False  # True: LipSwish, no clips, positive GSDE start (the variants the stability tests use)
     c.solver = "euler"  # Itô Euler–Maruyama on the observation grid; per-example Brownian motion needs it
     # Training: the reference's protocol.
-    c.learning_rate = 3e-3
-    c.epochs = 60
     c.patience = 10
     c.early_stopping_start = 20
     c.lr_step_epochs = 10
     c.lr_decay = 0.5
-    c.batch_size = 0  # 0: the largest 2^i, i in 4..7, not above N_train / 2
     c.eval_batch_size = 256
-    c.checkpoint_every_epochs = 10
     if preset == "tiny":
         c.datasets = ("BasicMotions",)
         c.missing_rates = (0.0, 0.5)
@@ -89,7 +85,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.epochs = 2
         c.patience = 1
         c.early_stopping_start = 2
-        c.checkpoint_every_epochs = 1
+        c.checkpoint_every = 1
         c.eval_batch_size = 16
     elif preset == "paper":
         c.datasets = PAPER_DATASETS

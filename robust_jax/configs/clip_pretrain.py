@@ -2,7 +2,7 @@
 zero-shot on held-out objects (the stand-in for a pre-trained CLIP that Omniview-Tuning starts from).
 
 Command:
-  python -m experiments.main --config=experiments/configs/clip_pretrain.py:cpu --workdir=workdirs/clip_pretrain
+  python -m experiments.main --config=clip_pretrain:cpu --workdir=workdirs/clip_pretrain
 
 Presets:
   tiny  about 20-30 s (mostly compilation); tests and Colab. Accuracies are not meaningful.
@@ -22,17 +22,13 @@ Override any field with --config.<field>=<value>, e.g. --config.num_steps=3000.
 
 import ml_collections
 
+from robust_jax.core.config import new_config
+
 PRESETS = ("tiny", "cpu")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    from robust_jax.core.config_checks import check_preset
-
-    preset = check_preset(preset, PRESETS)
-    c = ml_collections.ConfigDict()
-    c.study = "clip_pretrain"
-    c.preset = preset
-    c.seed = 0
+    c, preset = new_config("clip_pretrain", preset, PRESETS, num_steps=1200, batch_size=128, learning_rate=2e-3, log_every=50, checkpoint_every=600)
     # data: the procedural multi-view set
     c.num_objects_per_category = 40
     c.views_per_object = 16
@@ -53,18 +49,11 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.embed_dim = 64
     c.context_length = 16
     # training: InfoNCE with a learnable temperature, AdamW, warmup + cosine
-    c.num_steps = 1200
-    c.batch_size = 128
-    c.learning_rate = 2e-3
     c.warmup_steps = 100
     c.weight_decay = 0.05
     c.drop_colour_probability = 0.3
     c.max_shift = 2
     c.eval_batch_size = 256
-    c.log_every = 50
-    c.checkpoint_every = 600
-    c.keep_checkpoints = 2
-    c.fsdp_min_size = 0
     if preset == "tiny":
         c.num_objects_per_category = 3
         c.views_per_object = 8

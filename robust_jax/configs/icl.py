@@ -1,7 +1,7 @@
 """In-context learning: ZFB's linear self-attention trained to its global minimum, the shift suite, baselines.
 
 Command:
-  python -m experiments.main --config=experiments/configs/icl.py:cpu --workdir=workdirs/icl
+  python -m experiments.main --config=icl:cpu --workdir=workdirs/icl
 
 Presets:
   tiny   seconds; tests and Colab. Numbers are not meaningful.
@@ -23,17 +23,16 @@ Results: results.json metrics and errors_<shift>.png (error against the number o
 
 import ml_collections
 
+from robust_jax.core.config import new_config
+
 PRESETS = ("tiny", "cpu", "paper")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    from robust_jax.core.config_checks import check_preset
-
-    preset = check_preset(preset, PRESETS)
-    c = ml_collections.ConfigDict()
-    c.study = "icl"
-    c.preset = preset
-    c.seed = 0
+    # The train block (robust_jax.core.config) trains Garg et al.'s GPT-2 baseline; the LSA stages use the paper's
+    # SGD schedule with their own lsa_* / varying_* fields. num_steps = 0 leaves GPT-2 out.
+    c, preset = new_config("icl", preset, PRESETS, num_steps=8000, batch_size=64, learning_rate=1e-3, log_every=200,
+                           checkpoint_every=2000, micro_batch_size=16)
     c.dim = 5
     c.n_context = 20
     c.train_eigenvalues = (1.0, 1.5, 2.0, 3.0, 4.0)
@@ -52,17 +51,12 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.shifts = ("none", "noisy_labels", "nonlinear_labels", "query_orthogonal", "query_other_distribution",
                 "scale", "skewed", "subspace", "orthant", "prompt_length")
     c.label_noise_std = 1.0
-    # Garg et al.'s GPT-2 (identity covariance, loss over all prefixes); gpt2_steps = 0 leaves it out.
+    # Garg et al.'s GPT-2 (identity covariance, loss over all prefixes), trained by the train block above.
     c.gpt2_size = "tiny"
-    c.gpt2_steps = 8000
-    c.gpt2_batch_size = 64
-    c.gpt2_learning_rate = 1e-3
     c.gpt2_points = 2 * c.dim + 1
     c.gpt2_curriculum = True
-    # Gradient accumulated over micro-batches of this many prompts (0: the whole batch at once). The same gradient
-    # (other prompts: each micro-batch draws from its own key); on CPUs micro-batches of 16 run ~1.3-1.4x faster.
-    c.gpt2_micro_batch_size = 16
-    c.log_every = 200
+    # micro_batch_size 16: the gradient accumulated over micro-batches of 16 prompts (each micro-batch draws its
+    # prompts from its own key); on CPUs ~1.3-1.4x faster than the whole batch of 64 at once.
     if preset == "tiny":
         c.dim = 3
         c.n_context = 6
@@ -76,11 +70,12 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.num_test_prompts = 2000
         c.num_shift_prompts = 1000
         c.shifts = ("none", "scale", "query_orthogonal")
-        c.gpt2_steps = 10
-        c.gpt2_batch_size = 16
+        c.num_steps = 10
+        c.batch_size = 16
         c.gpt2_points = 7
-        c.gpt2_micro_batch_size = 8
+        c.micro_batch_size = 8
         c.log_every = 10
+        c.checkpoint_every = 10
     elif preset == "paper":
         c.dim = 20
         c.n_context = 40
@@ -93,8 +88,9 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.num_test_prompts = 200_000
         c.num_shift_prompts = 64 * 64
         c.gpt2_size = "standard"
-        c.gpt2_steps = 500_000
-        c.gpt2_learning_rate = 1e-4
+        c.num_steps = 500_000
+        c.learning_rate = 1e-4
         c.gpt2_points = 41
-        c.gpt2_micro_batch_size = 0  # accelerators: the whole batch in one pass
+        c.micro_batch_size = 0  # accelerators: the whole batch in one pass
+        c.checkpoint_every = 10_000
     return c

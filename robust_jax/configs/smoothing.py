@@ -1,7 +1,7 @@
 """Randomized smoothing (Cohen et al. 2019): noise-trained base classifiers, CERTIFY, certified-accuracy curves.
 
 Command:
-  python -m experiments.main --config=experiments/configs/smoothing.py:cpu --workdir=workdirs/smoothing
+  python -m experiments.main --config=smoothing:cpu --workdir=workdirs/smoothing
 
 Presets:
   tiny  seconds; tests and Colab (two sigmas, n = 200, a handful of test digits). Numbers are not meaningful.
@@ -27,17 +27,13 @@ results.json metrics["certified_accuracy"]["sigma=0.25"]["r=0.5"] etc. ("best" i
 
 import ml_collections
 
+from robust_jax.core.config import new_config
+
 PRESETS = ("tiny", "cpu", "cifar10", "imagenet")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    from robust_jax.core.config_checks import check_preset
-
-    preset = check_preset(preset, PRESETS)
-    c = ml_collections.ConfigDict()
-    c.study = "smoothing"
-    c.preset = preset
-    c.seed = 0
+    c, preset = new_config("smoothing", preset, PRESETS, num_steps=4000, batch_size=128, learning_rate=1e-3, log_every=100, checkpoint_every=1000)
     c.dataset = "digits"
     c.data_dir = ""  # tfds datasets: where they were prepared in array_record format ("" = the TFDS default)
     c.test_fraction = 0.2  # digits only
@@ -47,10 +43,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.sigmas = (0.12, 0.25, 0.5)
     c.radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
     # Training (per sigma).
-    c.num_steps = 4000
-    c.batch_size = 128
     c.eval_batch_size = 512
-    c.learning_rate = 1e-3
     c.optimizer = "adam"  # or "sgd" (with momentum and weight_decay)
     c.lr_schedule = "cosine"  # or "step": x0.1 after 1/3 and 2/3 of the steps
     c.momentum = 0.9
@@ -59,8 +52,6 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.consistency_eta = 0.5
     c.consistency_copies = 2
     c.max_translation = 1  # > 0: random translation by up to this many pixels before the noise
-    c.log_every = 100
-    c.checkpoint_every = 1000
     # Certification.
     c.n0 = 100
     c.n = 10_000
