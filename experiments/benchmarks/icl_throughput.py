@@ -9,6 +9,11 @@ over `--repeats` runs of at least `--seconds` seconds each; the median is report
 (transformers' GPT2Model, torch 2.13 CPU, 2 threads, on the project's 2-core machine) are tiny 8.91 and standard
 0.363 steps/s; targets tiny >= 27, standard >= 0.44.
 
+What is timed is the step the ICL study runs: `robust_jax.core.train.compiled_train_step` (the core train loop's
+jitted step, state donated, batch sharded on 'data') over the loss of `robust_jax.icl.gpt2.training_functions`
+(Adam, prompts drawn on device for `IndexBatches` prompt indices, curriculum at the step), fed the same global
+index batches the study feeds.
+
 The machine may be shared, so the load average is printed, and `--with_torch_reference` times the same model and
 step in PyTorch (torch.set_num_threads(2)) in the same run: the ratio is the fair comparison under load.
 The last line is {"benchmark": "icl_throughput", "results": {"tiny_steps_per_s": ..., "standard_steps_per_s": ...}}.
@@ -43,20 +48,29 @@ def jax_steps_per_second(size: str, seconds: float, repeats: int, dtype_name: st
     import jax.numpy as jnp
     import optax
 
-    from robust_jax.icl.gpt2 import Curriculum, gpt2_model, init_train_state, make_train_step
+    from robust_jax.core import mesh as mesh_lib
+    from robust_jax.core.train import compiled_train_step, initial_state
+    from robust_jax.data.array_batches import IndexBatches
+    from robust_jax.icl.gpt2 import Curriculum, gpt2_model, training_functions
     from robust_jax.icl.tasks import PromptSpec
 
     model = gpt2_model(size, dim=DIM, max_points=N_POINTS, dtype=jnp.dtype(dtype_name))
     optimizer = optax.adam(LEARNING_RATE)
     spec = PromptSpec(dim=DIM, n_context=N_POINTS - 1)
-    step = make_train_step(model, spec, BATCH_SIZE, Curriculum.fixed(DIM, N_POINTS), optimizer, micro_batch_size)
-    key = jax.random.key(0)
-    holder = {"state": init_train_state(key, model, optimizer)}
+    init_fn, loss_fn = training_functions(model, spec, Curriculum.fixed(DIM, N_POINTS))
+    mesh = mesh_lib.make_data_mesh()
+    init_key, train_key = jax.random.split(jax.random.key(0))
+    state, shardings = initial_state(init_fn, optimizer, init_key, mesh)
+    step = compiled_train_step(loss_fn, optimizer, shardings, mesh, micro_batch_size)
+    batches = IndexBatches(batch_size=BATCH_SIZE)
+    train_key = jax.device_put(train_key, mesh_lib.replicated(mesh))
+    holder = {"state": state}
 
     def run_steps(n_steps: int):
         metrics = None
         for _ in range(n_steps):
-            holder["state"], metrics = step(holder["state"], key)
+            batch = mesh_lib.global_batch(mesh, next(batches))
+            holder["state"], metrics = step(holder["state"], batch, train_key, None)
         jax.block_until_ready(metrics["loss"])
 
     run_steps(1)  # compile and warm up

@@ -132,10 +132,8 @@ def load_run(workdir: str) -> Run:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir!r} holds no run: no config.json (was it written by run_study?)")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    for name, value in config.items():  # JSON turns tuples into lists
-        if isinstance(value, list):
-            config[name] = tuple(value)
+        fields = json.load(f, object_hook=lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    config = ml_collections.ConfigDict(fields)  # JSON turned the tuples into lists; they are tuples again
     config.lock()
     study = load_study(config.study)
     model, params, history_path = study.restore(config, workdir)

@@ -52,6 +52,7 @@ import grain
 import jax
 import numpy as np
 
+from robust_jax.core import checks
 from robust_jax.data import image_ops
 
 
@@ -223,11 +224,6 @@ def _split_names(split: str) -> list[str]:
   return [re.split(r'[\[(]', part.strip(), maxsplit=1)[0].strip() for part in split.split('+')]
 
 
-def _check_int(field: str, value, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f'{field} must be an integer >= {minimum}, got {value!r}.')
-
-
 def _validate(name, split, batch_size, seed, num_epochs, process_index, process_count, data_dir, train,
               image_size, resize_size) -> ImageDatasetSpec:
   """Every argument check, before any file is opened."""
@@ -240,24 +236,24 @@ def _validate(name, split, batch_size, seed, num_epochs, process_index, process_
     if base not in spec.splits:
       raise ValueError(f'Unknown split {split!r} for {name}: base split {base!r} is not one of {list(spec.splits)} '
                        "(tfds slicing such as 'train[:90%]' is allowed).")
-  _check_int('batch_size', batch_size, 1)
+  checks.check_int('batch_size', batch_size, minimum=1)
   if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**32:
     raise ValueError(f'seed must be an integer in [0, 2**32), got {seed!r}.')
   if num_epochs is not None:
-    _check_int('num_epochs', num_epochs, 1)
+    checks.check_int('num_epochs', num_epochs, minimum=1)
     if not train and num_epochs != 1:
       raise ValueError(f'num_epochs={num_epochs!r}: evaluation makes exactly one pass; leave num_epochs as None.')
-  _check_int('process_count', process_count, 1)
-  _check_int('process_index', process_index, 0)
+  checks.check_int('process_count', process_count, minimum=1)
+  checks.check_int('process_index', process_index, minimum=0)
   if process_index >= process_count:
     raise ValueError(f'process_index must be in [0, process_count={process_count}), got {process_index}.')
   if image_size is not None:
-    _check_int('image_size', image_size, 1)
+    checks.check_int('image_size', image_size, minimum=1)
     if name != 'imagenet2012' and image_size != spec.default_image_size:
       raise ValueError(f'image_size={image_size}: {name} images are {spec.default_image_size}x'
                        f'{spec.default_image_size}; only imagenet2012 is resized.')
   if resize_size is not None:
-    _check_int('resize_size', resize_size, 1)
+    checks.check_int('resize_size', resize_size, minimum=1)
     if name != 'imagenet2012':
       raise ValueError(f'resize_size={resize_size}: only imagenet2012 is resized; leave it None for {name}.')
   if data_dir is not None and not os.path.isdir(os.fspath(data_dir)):
@@ -403,3 +399,58 @@ def cifar100_loader(split: str, **kwargs) -> ImageLoader:
 def imagenet2012_loader(split: str, **kwargs) -> ImageLoader:
   """make_image_loader('imagenet2012', split, ...): 224x224 views (random-resized crop for training)."""
   return make_image_loader('imagenet2012', split, **kwargs)
+
+
+class TrainBatches:
+  """A grain training stream in the form the core train loop takes: `next()` gives {"image", "label"} numpy
+  arrays (this host's slice of the global batch), `get_state()` / `set_state()` its position as JSON."""
+
+  def __init__(self, loader: ImageLoader):
+    self._loader = loader
+    self._iterator = loader.iterator()
+
+  def __next__(self) -> dict:
+    batch = next(self._iterator)
+    return {'image': batch['image'], 'label': batch['label']}
+
+  def get_state(self) -> dict:
+    return {'grain': self._iterator.get_state().decode()}
+
+  def set_state(self, state: dict) -> None:
+    self._iterator = self._loader.iterator(state['grain'].encode())
+
+
+class SelectedImages:
+  """Images of a split by example index, with only the selected examples held in memory (len = the whole split)."""
+
+  def __init__(self, images_by_index: dict[int, np.ndarray], total: int):
+    self._images = images_by_index
+    self._total = total
+
+  def __len__(self) -> int:
+    return self._total
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return self._images[int(index)]
+
+
+def every_kth_example(name: str, split: str, every: int, *, batch_size: int, data_dir=None
+                      ) -> tuple[dict, np.ndarray, SelectedImages]:
+  """Reads examples 0, every, 2*every, ... of a split (for certifying every k-th test image).
+
+  Returns (the selected examples as arrays {"image", "label", "index"}, labels of the whole split with 0 where not
+  selected, the images by index as a lazy `SelectedImages`)."""
+  loader = make_image_loader(name, split, batch_size=batch_size, train=False, data_dir=data_dir, with_ids=True,
+                             process_index=0, process_count=1)
+  images, labels, indices = [], [], []
+  for batch in loader.iterator():
+    keep = batch['mask'] & (batch['index'] % every == 0)
+    images.append(batch['image'][keep])
+    labels.append(batch['label'][keep])
+    indices.append(batch['index'][keep])
+  subset = {'image': np.concatenate(images), 'label': np.concatenate(labels).astype(np.int32),
+            'index': np.concatenate(indices).astype(np.int32)}
+  all_labels = np.zeros(loader.num_examples, np.int32)
+  all_labels[subset['index']] = subset['label']
+  lazy = SelectedImages(dict(zip(subset['index'].tolist(), subset['image'])), loader.num_examples)
+  return subset, all_labels, lazy

@@ -6,6 +6,8 @@ in seconds, and its noise-augmented model is the quickest base classifier for ra
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,7 +18,7 @@ from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.evaluate import evaluate
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import train
+from robust_jax.core.train import restore_latest_state, train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digits_splits
 from robust_jax.models.cnn import SmallCNN
@@ -51,14 +53,25 @@ def make_loss_fn(model: SmallCNN, noise_sigma: float):
     return loss_fn
 
 
+def init_fn_for(model: SmallCNN):
+    def init_fn(key):
+        return model.init(key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32)), {}
+
+    return init_fn
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str):
+    """(model, parameters of the latest checkpoint, metrics.jsonl path) of a digits run: for `robust_jax.load_run`."""
+    model = build_model(config)
+    state = restore_latest_state(workdir, init_fn_for(model), optax.adam(config.learning_rate), config.seed)
+    return model, state.params, os.path.join(workdir, "metrics.jsonl")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     """Trains (or resumes) and evaluates; returns {"metrics": {...}} with the test accuracy and loss."""
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     splits = load_digits_splits(config.test_fraction, seed=config.seed)
     model = build_model(config)
-
-    def init_fn(key):
-        return model.init(key, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32)), {}
 
     batches = ArrayBatches(
         splits["train"],
@@ -69,7 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     )
     state = train(
         workdir=workdir,
-        init_fn=init_fn,
+        init_fn=init_fn_for(model),
         loss_fn=make_loss_fn(model, config.noise_sigma),
         optimizer=optax.adam(config.learning_rate),
         batches=batches,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robust_jax.icl.evaluate import normalized_squared_error
-from robust_jax.icl.tasks import Prompts, PromptSpec, prompts_at, sample_prompts
+from robust_jax.icl.tasks import Prompts, PromptSpec, prompts_at
 from robust_jax.models.transformer import CausalTransformer
 
 Dtype = Any

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from jax.sharding import Mesh
 from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import train
+from robust_jax.core.train import restore_latest_state, train
 from robust_jax.data.array_batches import IndexBatches
 from robust_jax.icl import baselines, theory
 from robust_jax.icl.evaluate import normalized_squared_error, summarize_errors
@@ -66,26 +67,37 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_int("config.gpt2_points", config.gpt2_points, minimum=2)
 
 
+def lsa_model(config) -> tuple[LinearSelfAttention, Callable]:
+    """(the LSA in the full parametrisation with the paper's initialisation, its init_fn)."""
+    model = LinearSelfAttention(dim=config.dim, reduced=False, init_scale=config.init_scale)
+
+    def init_fn(key):
+        n, dim = config.n_context, config.dim
+        return model.init(key, jnp.zeros((1, n, dim)), jnp.zeros((1, n)), jnp.zeros((1, dim))), {}
+
+    return model, init_fn
+
+
+def lsa_optimizer(steps: int, learning_rate: float) -> optax.GradientTransformation:
+    """SGD at a constant rate for the first half, then cosine decay to zero."""
+    half = steps // 2
+    return optax.sgd(optax.join_schedules(
+        [optax.constant_schedule(learning_rate), optax.cosine_decay_schedule(learning_rate, steps - half)], [half]))
+
+
 def train_lsa(spec: PromptSpec, config, *, workdir: str, steps: int, batch_size: int, learning_rate: float,
               mesh: Mesh, desc: str):
     """SGD (the discrete version of the paper's gradient flow) on fresh prompts; constant rate for the first half,
     then cosine decay to zero, which averages out the sampling noise of the final iterates."""
-    model = LinearSelfAttention(dim=spec.dim, reduced=False, init_scale=config.init_scale)
-
-    def init_fn(key):
-        n = spec.n_context
-        return model.init(key, jnp.zeros((1, n, spec.dim)), jnp.zeros((1, n)), jnp.zeros((1, spec.dim))), {}
+    model, init_fn = lsa_model(config)
 
     def loss_fn(params, model_state, batch, key):
         prompts = prompts_at(key, spec, batch["index"])
         predictions = model.apply(params, prompts.xs_BxMxD, prompts.ys_BxM, prompts.x_query_BxD)
         return squared_loss(predictions, prompts.target_B), ({}, model_state)
 
-    half = steps // 2
-    schedule = optax.join_schedules(
-        [optax.constant_schedule(learning_rate), optax.cosine_decay_schedule(learning_rate, steps - half)], [half])
     state = train(
-        workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.sgd(schedule),
+        workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=lsa_optimizer(steps, learning_rate),
         batches=IndexBatches(batch_size=batch_size, process_index=jax.process_index(),
                              process_count=jax.process_count()),
         loop=loop_config(config, num_steps=steps, micro_batch_size=0), mesh=mesh, desc=desc,
@@ -145,17 +157,48 @@ def evaluate_prompts(predictors: dict, spec: PromptSpec, *, key, num_prompts: in
             for name, by_k in errors.items()}
 
 
-def train_gpt2(config, *, workdir: str, max_points: int, mesh: Mesh):
-    """Garg et al.'s GPT-2 on identity-covariance prompts of config.gpt2_points points, loss over all prefixes,
-    their curriculum (optional), trained by the config's train block; returns a predictor (xs, ys, x_query) -> ŷ.
-    The model accepts prompts of up to max_points points, but positions past the training length are never
-    trained (ZFB's error spike for M > N)."""
+def shift_prefixes(config) -> tuple[int, ...]:
+    """The numbers of in-context examples the shift suite evaluates."""
+    dim = config.dim
+    return tuple(sorted({1, dim // 2 or 1, dim, 2 * dim, config.n_context, config.test_context}))
+
+
+def gpt2_setup(config, max_points: int) -> tuple:
+    """(Garg et al.'s GPT-2 for prompts of up to max_points points, init_fn, loss_fn) on identity-covariance prompts
+    of config.gpt2_points points with their curriculum (optional)."""
     dim = config.dim
     model = gpt2_model(config.gpt2_size, dim, max_points=max_points)
     spec = PromptSpec(dim=dim, n_context=config.gpt2_points - 1)
     curriculum = (Curriculum.garg(dim, points_end=config.gpt2_points) if config.gpt2_curriculum
                   else Curriculum.fixed(dim, config.gpt2_points))
-    init_fn, loss_fn = training_functions(model, spec, curriculum)
+    return (model, *training_functions(model, spec, curriculum))
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str):
+    """({"lsa", "lsa_varying", "gpt2"}: model, the same keys: parameters of the latest checkpoints, metrics.jsonl of
+    the GPT-2 training (of the LSA's without GPT-2)) of an ICL run, for `robust_jax.load_run`; stages that have not
+    trained yet are left out."""
+    models, params = {}, {}
+    lsa, lsa_init = lsa_model(config)
+    stages = [("lsa", lsa, lsa_init, lsa_optimizer(config.lsa_steps, config.lsa_learning_rate)),
+              ("lsa_varying", lsa, lsa_init, lsa_optimizer(config.varying_steps, config.varying_learning_rate))]
+    if config.num_steps > 0:
+        gpt2, gpt2_init, _ = gpt2_setup(config, max(shift_prefixes(config)) + 1)
+        stages.append(("gpt2", gpt2, gpt2_init, optax.adam(config.learning_rate)))
+    for name, model, init_fn, optimizer in stages:
+        if os.path.isdir(os.path.join(workdir, name, "checkpoints")):
+            models[name] = model
+            params[name] = restore_latest_state(os.path.join(workdir, name), init_fn, optimizer, config.seed).params
+    history = "gpt2" if "gpt2" in params else "lsa"
+    return models, params, os.path.join(workdir, history, "metrics.jsonl")
+
+
+def train_gpt2(config, *, workdir: str, max_points: int, mesh: Mesh):
+    """Garg et al.'s GPT-2 on identity-covariance prompts of config.gpt2_points points, loss over all prefixes,
+    their curriculum (optional), trained by the config's train block; returns a predictor (xs, ys, x_query) -> ŷ.
+    The model accepts prompts of up to max_points points, but positions past the training length are never
+    trained (ZFB's error spike for M > N)."""
+    model, init_fn, loss_fn = gpt2_setup(config, max_points)
     state = train(
         workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.adam(config.learning_rate),
         batches=IndexBatches(batch_size=config.batch_size, process_index=jax.process_index(),
@@ -267,7 +310,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
 
     # 4. The shift suite, Garg et al.'s protocol: identity training covariance, every model on the same prompts.
     identity = PromptSpec(dim=dim, n_context=n_context)
-    prefixes = tuple(sorted({1, dim // 2 or 1, dim, 2 * dim, n_context, config.test_context}))
+    prefixes = shift_prefixes(config)
     tuning = sample_prompts(jax.random.key(config.seed + 200), identity, 4096)
     gd_step_size = baselines.tune_gradient_descent_step_size(
         tuning.xs_BxMxD, tuning.ys_BxM, tuning.x_query_BxD, tuning.target_B)

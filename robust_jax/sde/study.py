@@ -33,7 +33,7 @@ from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.progress import Progress
 from robust_jax.data.timeseries import offline_datasets, prepare_timeseries
 from robust_jax.sde.models import MODELS, SOLVERS, SDEClassifier
-from robust_jax.sde.training import Protocol, train_cell
+from robust_jax.sde.training import Protocol, restore_cell, train_cell
 
 
 def rate_name(rate: float) -> str:
@@ -102,6 +102,31 @@ def protocol_from(config: ml_collections.ConfigDict) -> Protocol:
     )
 
 
+def cell_name(dataset: str, rate: float, model: str, seed: int) -> str:
+    return os.path.join(dataset, rate_name(rate), model, f"seed={seed}")
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str):
+    """({cell: model}, {cell: variables of its latest checkpoint}, metrics.jsonl of the first cell) of an SDE run,
+    cells named "<dataset>/missing=<rate>/<model>/seed=<seed>" as in the workdir; untrained cells are left out."""
+    protocol = protocol_from(config)
+    models, variables = {}, {}
+    for dataset in config.datasets:
+        for rate in config.missing_rates:
+            for seed in (config.seed + offset for offset in config.seeds):
+                cells = {name: cell_name(dataset, rate, name, seed) for name in config.models}
+                if not any(os.path.isdir(os.path.join(workdir, cell, "checkpoints")) for cell in cells.values()):
+                    continue
+                data = prepare_timeseries(dataset, rate, seed, use_intensity=config.use_intensity,
+                                          allow_download=config.allow_download)
+                for model_name, cell in cells.items():
+                    if os.path.isdir(os.path.join(workdir, cell, "checkpoints")):
+                        models[cell] = build_model(config, model_name, data.num_classes)
+                        variables[cell] = restore_cell(os.path.join(workdir, cell), models[cell], data, protocol)
+    first = cell_name(config.datasets[0], config.missing_rates[0], config.models[0], config.seed + config.seeds[0])
+    return models, variables, os.path.join(workdir, first, "metrics.jsonl")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     protocol = protocol_from(config)
@@ -117,7 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
                     data = prepare_timeseries(dataset, rate, seed, use_intensity=config.use_intensity,
                                               allow_download=config.allow_download)
                     for model_name in models:
-                        cell = os.path.join(workdir, dataset, rate_name(rate), model_name, f"seed={seed}")
+                        cell = os.path.join(workdir, cell_name(dataset, rate, model_name, seed))
                         desc = f"{dataset} {rate_name(rate)} {model_name} seed={seed}"
                         result = train_cell(cell, build_model(config, model_name, data.num_classes), data, protocol,
                                             seed, mesh=mesh, desc=desc)

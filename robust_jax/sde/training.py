@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.evaluate import padded_batches
-from robust_jax.core.train import Evaluation, TrainLoopConfig, TrainState, train
+from robust_jax.core.train import Evaluation, TrainLoopConfig, TrainState, restore_latest_state, train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.data.timeseries import TimeSeriesData
 from robust_jax.sde.models import SDEClassifier
@@ -150,6 +150,30 @@ def better_validation(new: dict, best: dict) -> bool:
     return math.isfinite(new["valid_loss"]) and not new["valid_loss"] >= best["valid_loss"]
 
 
+def cell_setup(model: SDEClassifier, data: TimeSeriesData, protocol: Protocol, devices: int) -> tuple:
+    """(batch size, steps per epoch, CellFunctions) of a cell: the reference's batch rule and the cached functions."""
+    train_arrays = _split_arrays(data, "train")
+    num_train = len(train_arrays["label"])
+    batch_size = protocol.batch_size or reference_batch_size(num_train)
+    if batch_size > num_train or batch_size % devices:
+        raise ValueError(
+            f"batch_size={batch_size} for {data.name} must be at most its {num_train} training series and divisible "
+            f"by the device count ({devices}); set config.batch_size to such a value"
+        )
+    steps_per_epoch = num_train // batch_size  # a final partial batch is dropped (ArrayBatches)
+    coeff_shapes = tuple((batch_size, *train_arrays[name].shape[1:]) for name in COEFF_NAMES)
+    fns = cell_functions(model, protocol.learning_rate, steps_per_epoch, protocol.lr_step_epochs, protocol.lr_decay,
+                         tuple(np.shape(data.times)), coeff_shapes)
+    return batch_size, steps_per_epoch, fns
+
+
+def restore_cell(workdir: str, model: SDEClassifier, data: TimeSeriesData, protocol: Protocol):
+    """Variables of a cell's latest checkpoint, {"params": ..., **model_state}, for `model.apply`."""
+    _, _, fns = cell_setup(model, data, protocol, devices=1)
+    state = restore_latest_state(workdir, fns.init_fn, fns.optimizer)
+    return {"params": state.params, **state.model_state}
+
+
 def train_cell(
     workdir: str,
     model: SDEClassifier,
@@ -169,20 +193,10 @@ def train_cell(
             return json.load(f)
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     devices = mesh.shape[mesh_lib.DATA_AXIS]
+    batch_size, steps_per_epoch, fns = cell_setup(model, data, protocol, devices)
     train_arrays = _split_arrays(data, "train")
-    num_train = len(train_arrays["label"])
-    batch_size = protocol.batch_size or reference_batch_size(num_train)
-    if batch_size > num_train or batch_size % devices:
-        raise ValueError(
-            f"batch_size={batch_size} for {data.name} must be at most its {num_train} training series and divisible "
-            f"by the device count ({devices}); set config.batch_size to such a value"
-        )
-    steps_per_epoch = num_train // batch_size  # a final partial batch is dropped (ArrayBatches)
     eval_batch = min(protocol.eval_batch_size, -(-max(len(data.splits["valid"]), len(data.splits["test"])) // devices)
                      * devices)
-    coeff_shapes = tuple((batch_size, *train_arrays[name].shape[1:]) for name in COEFF_NAMES)
-    fns = cell_functions(model, protocol.learning_rate, steps_per_epoch, protocol.lr_step_epochs, protocol.lr_decay,
-                         tuple(np.shape(data.times)), coeff_shapes)
     valid_arrays, test_arrays = _split_arrays(data, "valid"), _split_arrays(data, "test")
     times = jnp.asarray(data.times)
     init_key, train_key, eval_key = jax.random.split(jax.random.key(seed), 3)

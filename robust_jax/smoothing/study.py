@@ -18,15 +18,14 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
-from robust_jax.core.evaluate import evaluate
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import train
+from robust_jax.core.evaluate import evaluate
+from robust_jax.core.train import restore_latest_state, train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.smoothing.dataset import certify_dataset, load_certification_results
 from robust_jax.smoothing.report import accuracy_table, write_report
@@ -84,58 +83,16 @@ def build_classifier(config: ml_collections.ConfigDict, num_classes: int, image_
                       for_certification=for_certification)
 
 
-class _GrainBatches:
-    """A tfds/grain training stream in the form the core train loop takes (next, get_state, set_state)."""
+def dataset_shape(config: ml_collections.ConfigDict) -> tuple[int, tuple]:
+    """(number of classes, image shape) of the config's dataset, without reading it."""
+    if config.dataset == "digits":
+        from robust_jax.data.digits import IMAGE_SHAPE, NUM_CLASSES
 
-    def __init__(self, loader):
-        self._loader = loader
-        self._iterator = loader.iterator()
-
-    def __next__(self) -> dict:
-        batch = next(self._iterator)
-        return {"image": batch["image"], "label": batch["label"]}
-
-    def get_state(self) -> dict:
-        return {"grain": self._iterator.get_state().decode()}
-
-    def set_state(self, state: dict) -> None:
-        self._iterator = self._loader.iterator(state["grain"].encode())
-
-
-class _SelectedExamples:
-    """The test images that certification and the noisy accuracy read: only every k-th example is loaded."""
-
-    def __init__(self, images_by_index: dict[int, np.ndarray], total: int):
-        self._images = images_by_index
-        self._total = total
-
-    def __len__(self) -> int:
-        return self._total
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self._images[int(index)]
-
-
-def _tfds_test_examples(config: ml_collections.ConfigDict) -> tuple[dict, np.ndarray, _SelectedExamples]:
-    """(the selected examples as arrays, labels of the whole split (0 where not selected), lazy images)."""
+        return NUM_CLASSES, IMAGE_SHAPE
     from robust_jax.data import tfds_images
 
-    loader = tfds_images.make_image_loader(
-        config.dataset, TFDS_TEST_SPLITS[config.dataset], batch_size=config.eval_batch_size, train=False,
-        data_dir=config.data_dir or None, with_ids=True, process_index=0, process_count=1,
-    )
-    images, labels, indices = [], [], []
-    for batch in loader.iterator():
-        keep = batch["mask"] & (batch["index"] % config.certify_every == 0)
-        images.append(batch["image"][keep])
-        labels.append(batch["label"][keep])
-        indices.append(batch["index"][keep])
-    subset = {"image": np.concatenate(images), "label": np.concatenate(labels).astype(np.int32),
-              "index": np.concatenate(indices).astype(np.int32)}
-    all_labels = np.zeros(loader.num_examples, np.int32)
-    all_labels[subset["index"]] = subset["label"]
-    lazy = _SelectedExamples(dict(zip(subset["index"].tolist(), subset["image"])), loader.num_examples)
-    return subset, all_labels, lazy
+    spec = tfds_images.SUPPORTED_DATASETS[config.dataset]
+    return spec.num_classes, (spec.default_image_size, spec.default_image_size, 3)
 
 
 def load_data(config: ml_collections.ConfigDict) -> tuple[Callable, dict, tuple, int, tuple]:
@@ -163,10 +120,11 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[Callable, dict, tuple,
                 config.dataset, "train", batch_size=config.batch_size // jax.process_count(), train=True,
                 data_dir=config.data_dir or None, seed=config.seed)
 
-        spec = tfds_images.SUPPORTED_DATASETS[config.dataset]
-        image_shape = (spec.default_image_size, spec.default_image_size, 3)
-        subset, all_labels, lazy_images = _tfds_test_examples(config)
-        return (lambda: _GrainBatches(make_loader()), subset, (lazy_images, all_labels), spec.num_classes,
+        num_classes, image_shape = dataset_shape(config)
+        subset, all_labels, lazy_images = tfds_images.every_kth_example(
+            config.dataset, TFDS_TEST_SPLITS[config.dataset], config.certify_every,
+            batch_size=config.eval_batch_size, data_dir=config.data_dir or None)
+        return (lambda: tfds_images.TrainBatches(make_loader()), subset, (lazy_images, all_labels), num_classes,
                 image_shape)
     raise ValueError(f"dataset={config.dataset!r} is not supported; one of {DATASETS}")
 
@@ -217,6 +175,22 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
 
 def sigma_name(sigma: float) -> str:
     return f"sigma={sigma:g}"
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str):
+    """({sigma name: base classifier}, {sigma name: its variables}, metrics.jsonl of the first sigma's training) of
+    a smoothing run, for `robust_jax.load_run`; the variables are what `classifier.apply_eval` takes."""
+    classifier = build_classifier(config, *dataset_shape(config))
+    models, variables = {}, {}
+    for sigma in config.sigmas:
+        sigma_dir = os.path.join(workdir, sigma_name(sigma))
+        if not os.path.isdir(os.path.join(sigma_dir, "checkpoints")):
+            continue  # not trained yet (an interrupted run)
+        state = restore_latest_state(sigma_dir, classifier.init_fn, make_optimizer(config), config.seed)
+        models[sigma_name(sigma)] = classifier
+        variables[sigma_name(sigma)] = {"params": state.params, **state.model_state}
+    first = os.path.join(workdir, sigma_name(config.sigmas[0]), "metrics.jsonl")
+    return models, variables, first
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:

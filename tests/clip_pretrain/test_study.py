@@ -10,7 +10,7 @@ from PIL import Image
 
 from robust_jax.configs import clip_pretrain as clip_pretrain_config
 from robust_jax.clip_pretrain import captions, study
-from robust_jax.core.config_checks import ConfigError
+from robust_jax.core.checks import ConfigError
 from robust_jax.core.run import run_study
 from robust_jax.data import multiview
 

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from robust_jax.data import multiview as mv
-from robust_jax.data import render
-from robust_jax.data.render import Primitive
+from robust_jax.data.multiview import render
+from robust_jax.data.multiview.render import Primitive
 
 ALL_KINDS_SETTINGS = dict(num_objects_per_category=5, views_per_object=10, image_size=16, seed=7)
 
