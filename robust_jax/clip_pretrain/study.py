@@ -53,7 +53,8 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     if config.warmup_steps >= config.num_steps:
         checks.fail("config.warmup_steps", config.warmup_steps, f"must be < config.num_steps ({config.num_steps})")
     checks.check_float("config.weight_decay", config.weight_decay, non_negative=True)
-    checks.check_float("config.drop_colour_probability", config.drop_colour_probability, non_negative=True, below=1.0001)
+    checks.check_float("config.drop_colour_probability", config.drop_colour_probability, non_negative=True,
+                       at_most=1.0)
     checks.check_int("config.max_shift", config.max_shift, minimum=0, maximum=config.image_size // 4)
     if config.micro_batch_size:
         checks.fail("config.micro_batch_size", config.micro_batch_size,

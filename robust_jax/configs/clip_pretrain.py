@@ -28,7 +28,8 @@ PRESETS = ("tiny", "cpu")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    c, preset = new_config("clip_pretrain", preset, PRESETS, num_steps=1200, batch_size=128, learning_rate=2e-3, log_every=50, checkpoint_every=600)
+    c, preset = new_config("clip_pretrain", preset, PRESETS, num_steps=1200, batch_size=128, learning_rate=2e-3,
+                           log_every=50, checkpoint_every=600)
     # data: the procedural multi-view set
     c.num_objects_per_category = 40
     c.views_per_object = 16

@@ -19,7 +19,8 @@ PRESETS = ("tiny", "cpu", "noisy")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    config, preset = new_config("digits", preset, PRESETS, num_steps=1500, batch_size=128, learning_rate=1e-3, log_every=50, checkpoint_every=500)
+    config, preset = new_config("digits", preset, PRESETS, num_steps=1500, batch_size=128, learning_rate=1e-3,
+                                log_every=50, checkpoint_every=500)
     config.eval_batch_size = 512
     config.noise_sigma = 0.0
     config.test_fraction = 0.2

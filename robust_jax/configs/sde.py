@@ -53,7 +53,7 @@ PAPER_DATASETS = (
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    # The train block (robust_jax.core.config) is epoch-based here: checkpoint_every counts epochs, and
+    # The train block (robust_jax.core.config) is epoch-based here: log_every and checkpoint_every count epochs, and
     # batch_size = 0 means the reference's rule (the largest 2^i, i in 4..7, not above N_train / 2).
     c, preset = new_config("sde", preset, PRESETS, epochs=60, batch_size=0, learning_rate=3e-3, log_every=1,
                            checkpoint_every=10, keep_checkpoints=1)
@@ -61,7 +61,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.datasets = ("BasicMotions", "GunPoint", "ItalyPowerDemand")
     c.missing_rates = (0.0, 0.3, 0.5, 0.7)
     c.models = ("lsde", "lnsde", "gsde", "naive_sde", "ncde")
-    c.seeds = (0,)  # one cell per seed: the train block's seed is not used
+    c.seeds = (0,)  # one cell per entry, with seed config.seed + entry (data split, corruption, training)
     c.allow_download = False  # True: aeon may fetch archive names that are not shipped (needs a network)
     c.use_intensity = False  # the observational-intensity channel (the paper uses it for Sepsis only)
     # Models.

@@ -33,7 +33,8 @@ PRESETS = ("tiny", "cpu", "cifar10", "imagenet")
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    c, preset = new_config("smoothing", preset, PRESETS, num_steps=4000, batch_size=128, learning_rate=1e-3, log_every=100, checkpoint_every=1000)
+    c, preset = new_config("smoothing", preset, PRESETS, num_steps=4000, batch_size=128, learning_rate=1e-3,
+                           log_every=100, checkpoint_every=1000)
     c.dataset = "digits"
     c.data_dir = ""  # tfds datasets: where they were prepared in array_record format ("" = the TFDS default)
     c.test_fraction = 0.2  # digits only

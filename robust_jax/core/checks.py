@@ -114,7 +114,8 @@ def check_unit_interval_array(name: str, x) -> np.ndarray:
         fail(name, _Described(f"array containing {bad!r}"), "must be finite")
     low, high = float(array.min()), float(array.max())
     if low < 0 or high > 1:
-        fail(name, _Described(f"array with range [{low}, {high}]"), "values must be in [0, 1] (normalise inside the model)")
+        fail(name, _Described(f"array with range [{low}, {high}]"),
+             "values must be in [0, 1] (normalise inside the model)")
     return array
 
 

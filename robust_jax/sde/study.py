@@ -96,6 +96,7 @@ def protocol_from(config: ml_collections.ConfigDict) -> Protocol:
         batch_size=config.batch_size,
         eval_batch_size=config.eval_batch_size,
         checkpoint_every_epochs=config.checkpoint_every,
+        log_every_epochs=config.log_every,
         keep_checkpoints=config.keep_checkpoints,
         fsdp_min_size=config.fsdp_min_size,
         micro_batch_size=config.micro_batch_size,

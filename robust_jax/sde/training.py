@@ -54,6 +54,7 @@ class Protocol:
     batch_size: int = 0  # 0: the reference's rule
     eval_batch_size: int = 256
     checkpoint_every_epochs: int = 10
+    log_every_epochs: int = 1  # training-loss lines; every epoch's evaluation is logged with its step anyway
     keep_checkpoints: int = 1
     fsdp_min_size: int = 0
     micro_batch_size: int = 0
@@ -210,7 +211,8 @@ def train_cell(
                            process_count=jax.process_count())
     trained = train(
         workdir=workdir, init_fn=fns.init_fn, loss_fn=fns.loss_fn, optimizer=fns.optimizer, batches=batches,
-        loop=TrainLoopConfig(num_steps=protocol.epochs * steps_per_epoch, log_every=steps_per_epoch,
+        loop=TrainLoopConfig(num_steps=protocol.epochs * steps_per_epoch,
+                             log_every=protocol.log_every_epochs * steps_per_epoch,
                              checkpoint_every=protocol.checkpoint_every_epochs * steps_per_epoch,
                              keep_checkpoints=protocol.keep_checkpoints, fsdp_min_size=protocol.fsdp_min_size,
                              micro_batch_size=protocol.micro_batch_size),
