@@ -21,7 +21,7 @@ from robust_jax.smoothing.rrcm_losses import (
     make_pretrain_loss_fn,
 )
 
-from .rrcm_tiny_model import IMAGE_SHAPE, tiny_rrcm_net
+from .rrcm_tiny_model import IMAGE_SHAPE, init_key, tiny_rrcm_net
 
 # Level nearest 2 * 0.25 = 0.5 among the 81 Karras levels (index 53), from the formula.
 LEVEL_FOR_SIGMA_QUARTER = (80.0 ** (1 / 7) + 53 / 80 * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
@@ -30,7 +30,7 @@ LEVEL_FOR_SIGMA_QUARTER = (80.0 ** (1 / 7) + 53 / 80 * (0.002 ** (1 / 7) - 80.0 
 @pytest.fixture(scope="module")
 def pretrained():
     model = tiny_rrcm_net()
-    params, model_state = jax.jit(make_pretrain_init_fn(model, IMAGE_SHAPE))(jax.random.key(0))
+    params, model_state = jax.jit(make_pretrain_init_fn(model, IMAGE_SHAPE))(init_key())
     return model, params, model_state
 
 
@@ -67,7 +67,7 @@ def test_pretrain_loss_is_finite_with_a_finite_gradient_and_updates_the_ema(pret
 def test_finetune_loss_at_a_zero_head_is_its_closed_form(pretrained, key):
     _, pretrained_params, _ = pretrained
     model = tiny_rrcm_net(num_classes=3)
-    params, model_state = jax.jit(make_finetune_init_fn(model, IMAGE_SHAPE, pretrained_params))(jax.random.key(1))
+    params, model_state = jax.jit(make_finetune_init_fn(model, IMAGE_SHAPE, pretrained_params))(init_key())
     np.testing.assert_array_equal(params["backbone"]["pos_embed"], pretrained_params["backbone"]["pos_embed"])
     assert "projector" not in params
     loss_fn = make_finetune_loss_fn(model, sigma=0.25, consistency_lambda=10.0, consistency_eta=0.5)
@@ -84,7 +84,7 @@ def test_finetune_loss_at_a_zero_head_is_its_closed_form(pretrained, key):
 
 def test_certification_apply_tells_the_model_the_level_nearest_two_sigma(key):
     model = tiny_rrcm_net(num_classes=3)
-    params = jax.jit(lambda k: model.init(k, jnp.zeros((1, *IMAGE_SHAPE)), 1.0, project=False))(key)["params"]
+    params = jax.jit(lambda k: model.init(k, jnp.zeros((1, *IMAGE_SHAPE)), 1.0, project=False))(init_key())["params"]
     params["backbone"]["head"]["kernel"] = jax.random.normal(jax.random.fold_in(key, 1),
                                                              params["backbone"]["head"]["kernel"].shape)
     variables = {"params": params}

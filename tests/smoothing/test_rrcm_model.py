@@ -12,7 +12,7 @@ import pytest
 from robust_jax.models.vit import ViT
 from robust_jax.smoothing.rrcm_model import RRCMNet, level_embedding, load_pretrained, rrcm_net
 
-from .rrcm_tiny_model import IMAGE_SHAPE, tiny_rrcm_net
+from .rrcm_tiny_model import IMAGE_SHAPE, init_key, tiny_rrcm_net
 
 
 def test_level_embedding_matches_numpy():
@@ -30,8 +30,7 @@ def test_level_embedding_matches_numpy():
 def classifier():
     """(model, variables with a non-zero head, jitted eval-mode forward without projector)."""
     model = tiny_rrcm_net(num_classes=3)
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, *IMAGE_SHAPE)), jnp.ones(2), project=True))(
-        jax.random.key(0))
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, *IMAGE_SHAPE)), jnp.ones(2), project=True))(init_key())
     params = variables["params"]
     # The ViT head is zero-initialised; give it values so logits depend on the features.
     head = params["backbone"]["head"]
