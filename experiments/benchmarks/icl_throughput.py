@@ -63,7 +63,7 @@ def jax_steps_per_second(size: str, seconds: float, repeats: int, dtype_name: st
     state, shardings = initial_state(init_fn, optimizer, init_key, mesh)
     step = compiled_train_step(loss_fn, optimizer, shardings, mesh, micro_batch_size)
     batches = IndexBatches(batch_size=BATCH_SIZE)
-    train_key = jax.device_put(train_key, mesh_lib.replicated(mesh))
+    train_key = mesh_lib.replicate(mesh, train_key)
     holder = {"state": state}
 
     def run_steps(n_steps: int):

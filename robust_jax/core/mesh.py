@@ -38,6 +38,20 @@ def global_batch(mesh: Mesh, local_batch):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def replicate(mesh: Mesh, tree):
+    """A pytree of arrays that every process holds the same (keys, constants) as global arrays replicated on the
+    mesh; works on one process or many (a plain device_put cannot target other processes' devices)."""
+    sharding = replicated(mesh)
+
+    def one(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.make_array_from_process_local_data(sharding, np.asarray(jax.random.key_data(x)))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(one, tree)
+
+
 def local_batch_size(global_batch_size: int) -> int:
     """Rows of the global batch that this process feeds."""
     count = jax.process_count()

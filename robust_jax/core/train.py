@@ -332,8 +332,7 @@ def train(
             start = loop.num_steps  # an early-stopped run that was checkpointed at its stop is finished
 
         step_fn = compiled_train_step(loss_fn, optimizer, shardings, mesh, loop.micro_batch_size)
-        train_key = jax.device_put(train_key, mesh_lib.replicated(mesh))
-        constants = jax.device_put(constants, mesh_lib.replicated(mesh))
+        train_key, constants = mesh_lib.replicate(mesh, (train_key, constants))
         last_saved = latest
         sums: dict[str, float] = {}
         count = 0
