@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_jax.core import checks
+
 
 def zero_estimator(xs_BxMxD, ys_BxM, x_query_BxD) -> jax.Array:
     """ŷ = 0: scores normalised error 1 when E<w, x_q>² = d; the reference every curve starts from."""
@@ -51,8 +53,7 @@ def averaging(xs_BxMxD, ys_BxM, x_query_BxD) -> jax.Array:
 
 def nearest_neighbours(xs_BxMxD, ys_BxM, x_query_BxD, n_neighbours: int = 3) -> jax.Array:
     """Mean label of the n_neighbours context points closest to x_q (Euclidean); all M of them when M < n_neighbours."""
-    if isinstance(n_neighbours, bool) or not isinstance(n_neighbours, int) or n_neighbours < 1:
-        raise ValueError(f"n_neighbours must be an integer >= 1, got {n_neighbours!r}")
+    checks.check_int("n_neighbours", n_neighbours, minimum=1)
     used_neighbours = min(n_neighbours, xs_BxMxD.shape[1])
     squared_distances_BxM = jnp.sum((xs_BxMxD - x_query_BxD[:, None, :]) ** 2, axis=-1)
     _, nearest_BxK = jax.lax.top_k(-squared_distances_BxM, used_neighbours)

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_jax.core import checks
+
 
 def normalized_squared_error(predictions_B, w_BxD, x_query_BxD) -> jax.Array:
     """(ŷ − <w, x_q>)² / d per prompt: the zero estimator scores 1 in expectation when E<w, x_q>² = d."""
@@ -22,8 +24,7 @@ def bootstrap_interval(values, confidence: float = 0.9, n_resamples: int = 1000,
         raise ValueError("values must be finite")
     if not (0.0 < confidence < 1.0):
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
+    checks.check_int("n_resamples", n_resamples, minimum=1)
     rng = np.random.default_rng(seed)
     resampled_means = np.empty(n_resamples)
     # Chunks keep the index array small for large value counts.

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_jax.core import checks
 from robust_jax.icl.evaluate import normalized_squared_error
 from robust_jax.icl.tasks import Prompts, PromptSpec, prompts_at
 from robust_jax.models.transformer import CausalTransformer
@@ -58,9 +59,7 @@ class InContextGPT2(nn.Module):
 
     def __post_init__(self):
         for name in ("dim", "max_points"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"InContextGPT2.{name} must be an integer >= 1, got {value!r}")
+            checks.check_int(f"InContextGPT2.{name}", getattr(self, name), minimum=1)
         super().__post_init__()
 
     @nn.compact
@@ -108,10 +107,8 @@ class Curriculum:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
             minimum = 1 if field.name in ("dims_start", "dims_end", "points_start", "points_end", "interval") else 0
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(f"Curriculum.{field.name} must be an integer >= {minimum}, got {value!r}")
+            checks.check_int(f"Curriculum.{field.name}", getattr(self, field.name), minimum=minimum)
         if self.dims_start > self.dims_end:
             raise ValueError(f"Curriculum.dims_start={self.dims_start} exceeds dims_end={self.dims_end}")
         if self.points_start > self.points_end:

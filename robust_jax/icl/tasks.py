@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_jax.core import checks
+
 COVARIANCE_KINDS = ("identity", "random_diagonal")
 COVARIATE_SHIFTS = ("none", "skewed", "subspace", "orthant")
 QUERY_KINDS = ("same", "orthogonal", "other_distribution")
@@ -94,20 +96,12 @@ class PromptSpec:
 
     def __post_init__(self):
         for name in ("dim", "n_context"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"PromptSpec.{name} must be an integer >= 1, got {value!r}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, checks.check_int(f"PromptSpec.{name}", getattr(self, name), minimum=1))
         object.__setattr__(self, "covariance", self._checked_covariance(self.covariance))
-        for name in ("covariate_scale", "label_noise_std"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise ValueError(f"PromptSpec.{name} must be a number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if not (math.isfinite(self.covariate_scale) and self.covariate_scale > 0.0):
-            raise ValueError(f"PromptSpec.covariate_scale must be finite and > 0, got {self.covariate_scale}")
-        if not (math.isfinite(self.label_noise_std) and self.label_noise_std >= 0.0):
-            raise ValueError(f"PromptSpec.label_noise_std must be finite and >= 0, got {self.label_noise_std}")
+        object.__setattr__(self, "covariate_scale",
+                           checks.check_float("PromptSpec.covariate_scale", self.covariate_scale, positive=True))
+        object.__setattr__(self, "label_noise_std",
+                           checks.check_float("PromptSpec.label_noise_std", self.label_noise_std, non_negative=True))
         for name, allowed in (
             ("covariate_shift", COVARIATE_SHIFTS),
             ("query", QUERY_KINDS),
@@ -191,11 +185,7 @@ def apply_shift(spec: PromptSpec, shift: str, *, c: float | None = None, noise_s
 
 
 def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a number > 0, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return float(value)
+    return checks.check_float(name, value, positive=True)
 
 
 class Prompts(NamedTuple):
@@ -340,6 +330,4 @@ def sample_prompts(key, spec: PromptSpec, batch_size: int) -> Prompts:
     """
     if not isinstance(spec, PromptSpec):
         raise ValueError(f"spec must be a PromptSpec, got {type(spec).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    return _sample_prompts_compiled(key, spec, int(batch_size))
+    return _sample_prompts_compiled(key, spec, checks.check_int("batch_size", batch_size, minimum=1))

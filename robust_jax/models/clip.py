@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from robust_jax.core import checks
+
 Dtype = Any
 
 ACTIVATIONS = ("quick_gelu", "gelu", "gelu_tanh")
@@ -115,8 +117,7 @@ class CLIPConfig:
 
 
 def _check_positive(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive integer")
+    checks.check_int(name, value, minimum=1)
 
 
 def _openai_vit(embed_dim, image_size, patch_size, vision_width, vision_layers, text_width, text_heads, activation):

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robust_jax.core import checks
+
 Dtype = Any
 
 INIT_STD = 0.02
@@ -151,9 +153,7 @@ class CausalTransformer(nn.Module):
 
     def __post_init__(self):
         for name in ("n_positions", "n_embd", "n_layer", "n_head"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CausalTransformer.{name} must be an integer >= 1, got {value!r}")
+            checks.check_int(f"CausalTransformer.{name}", getattr(self, name), minimum=1)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"CausalTransformer.n_embd must be divisible by n_head, got n_embd={self.n_embd}, n_head={self.n_head}"
