@@ -17,9 +17,21 @@ Presets:
          variant in 2 epochs. Accuracies are not meaningful.
   cpu    (default) 40 objects per category (30 tuned on, 10 held out), 16 views each (8 canonical, 2 of each OOD
          kind), 32 px. Stage 1: the small CLIP (ViT 4x4 patches of 8 px, width 96, 3 layers; text width 64,
-         2 layers), 1,200 AdamW steps at batch 128. Stage 2: every variant, MEASURED_STEPS steps of 64 multi-view +
-         32 2D pairs, K = 5 hard views, margin 0.3, lambda 1.
-         Measured (seed 0): see MEASURED below.
+         2 layers), 1,200 AdamW steps at batch 128. Stage 2: every variant, 600 steps (4 epochs of 180, one max
+         step each) of 64 multi-view + 32 2D pairs, K = 5 hard views, margin 0.3, lambda 1, AdamW lr 1e-4 cosine
+         to 1e-7 (the paper's 5e-5 is for 20k-35k steps on ViT-B), VIFormer MLP 256.
+         Measured wall time (2 shared cores, load average 5-7, 1 device): data 15 s, stage 1 302 s, stage 2 per
+         variant 74-159 s (ovt 106, itc_only 85, random_views 144, lora_only 76, viformer_only 74, full_ft 159) plus
+         7-21 s of evaluation each: 17.2 minutes in all.
+         Measured zero-shot top-1 (%) on held-out objects, seed 0 (canonical / viewpoint-OOD / corrupted):
+           base 87.0 / 35.1 / 66.6 (below 22.1, above 16.7, behind 82.5, rolled 19.2)
+           lr 1e-4 (this preset; ovt and itc_only measured): ovt 85.0 / 36.1 / 66.2, itc_only 85.6 / 36.1 / 66.1
+           lr 1e-3 (--config.learning_rate=1e-3, every variant): ovt 54.2 / 28.7 / 42.7, itc_only 57.2 / 30.0 /
+             44.0, random_views 54.7 / 28.9 / 43.1, lora_only 53.0 / 28.7 / 41.0, viformer_only 86.4 / 36.4 /
+             66.0, full_ft 59.3 / 35.9 / 42.3
+         The issue's target (viewpoint-OOD +10 points, canonical and corrupted within 2 points, OVT above ITC-only)
+         is NOT met: at lr 1e-4 tuning keeps canonical and corrupted accuracy (-2.0, -0.4) but gains only
+         1 point on viewpoint-OOD, OVT no better than ITC-only; at lr 1e-3 the adapted tower forgets.
   paper  for accelerators (not run here): ViT-B/32 from an OpenCLIP safetensors file (base_path, base_model_name;
          or base_source='huggingface' with a save_pretrained folder), MVCap-style metadata {path, caption, obj_id,
          img_id} (mvcap_metadata) plus 2D pairs {path, caption} (image_caption_metadata), batch 512 + 256,
@@ -42,7 +54,7 @@ ALL_VARIANTS = ("ovt", "itc_only", "random_views", "lora_only", "viformer_only",
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
-    c, preset = new_config("omniview", preset, PRESETS, num_steps=600, batch_size=64, learning_rate=1e-3,
+    c, preset = new_config("omniview", preset, PRESETS, num_steps=600, batch_size=64, learning_rate=1e-4,
                            log_every=50, checkpoint_every=200)
     # data: the procedural multi-view set (evaluation always; tuning with tune_data='procedural')
     c.num_objects_per_category = 40
