@@ -26,7 +26,7 @@ from robust_jax.core.checks import ConfigError
 from robust_jax.core.config import check_train_block
 
 # Every study, in the order the reproduction runs them.
-STUDIES = ("digits", "icl", "smoothing", "sde", "clip_pretrain")
+STUDIES = ("digits", "icl", "smoothing", "sde", "omniview")
 
 
 def load_study(name):

@@ -266,6 +266,25 @@ def _check_batch_size(name: str, batch_size, mesh: Mesh) -> None:
         raise ValueError(f"{name}={batch_size} must be divisible by the number of devices in the mesh ({mesh.size})")
 
 
+def _embed_rows(embed_fn: Callable, params: Any, images, rows: np.ndarray, mesh: Mesh, batch_size: int) -> np.ndarray:
+    embeddings = [
+        _gather_rows(_embed_batch(embed_fn, params, batch["image"]), batch["mask"])
+        for batch in padded_batches({"image": _RowSubset(images, rows)}, batch_size=batch_size, mesh=mesh)
+    ]
+    return np.concatenate(embeddings)
+
+
+def embed_images(embed_fn: Callable, params: Any, images, rows=None, *, mesh: Mesh | None = None,
+                 batch_size: int = 256) -> np.ndarray:
+    """Unit-norm embeddings (len(rows), E) float32 of images[rows] (default: every image), on the host, computed in
+    global batches of `batch_size` sharded over the mesh's 'data' axis (the max step's first half, also used by the
+    random-views ablation). embed_fn and images as in `max_step`."""
+    mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
+    _check_batch_size("batch_size", batch_size, mesh)
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    return _embed_rows(embed_fn, params, images, rows, mesh, batch_size)
+
+
 def max_step(embed_fn: Callable, params: Any, images, object_ids: Sequence, *, mesh: Mesh | None = None,
              batch_size: int = 256, object_batch_size: int = 64, num_neighbours: int = DEFAULT_NUM_NEIGHBOURS,
              num_hard: int = DEFAULT_NUM_HARD_VIEWS,
@@ -292,11 +311,7 @@ def max_step(embed_fn: Callable, params: Any, images, object_ids: Sequence, *, m
     _check_views_per_object(groups.valid_OxV, num_hard, f"num_hard={num_hard}")
 
     grouped_rows = groups.rows_OxV[groups.valid_OxV]  # dataset rows in object-major order
-    embeddings = [
-        _gather_rows(_embed_batch(embed_fn, params, batch["image"]), batch["mask"])
-        for batch in padded_batches({"image": _RowSubset(images, grouped_rows)}, batch_size=batch_size, mesh=mesh)
-    ]
-    embeddings_NxE = np.concatenate(embeddings)
+    embeddings_NxE = _embed_rows(embed_fn, params, images, grouped_rows, mesh, batch_size)
 
     position_OxV = np.zeros(groups.rows_OxV.shape, np.int64)
     position_OxV[groups.valid_OxV] = np.arange(len(grouped_rows))

@@ -27,7 +27,7 @@ def test_every_config_has_the_train_block(study, preset):
 @pytest.mark.parametrize("study", robust_jax.STUDIES)
 def test_train_block_overrides_are_accepted_and_checked_for_every_study(study):
     overrides = [("fsdp_min_size", "4096"), ("keep_checkpoints", "3"), ("checkpoint_every", "7")]
-    if study != "clip_pretrain":  # a contrastive loss cannot be accumulated over micro-batches
+    if study != "omniview":  # a contrastive loss cannot be accumulated over micro-batches
         tiny = robust_jax.get_config(study, "tiny")
         overrides.append(("micro_batch_size", str(tiny.batch_size or 8)))
     config = load_config(f"{study}:tiny", overrides)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from robust_jax.models.word_tokenizer import WordTokenizer
-from robust_jax.models.zero_shot import DEFAULT_TEMPLATES
+from robust_jax.omniview.zero_shot import DEFAULT_TEMPLATES
 
 TRAIN_TEMPLATES = (
     "a photo of a {}",

@@ -1,0 +1,68 @@
+"""The 2D-OOD corruptions against closed forms and statistical bounds, the evaluation split, and the report."""
+
+import csv
+
+import numpy as np
+
+from robust_jax.data import multiview
+from robust_jax.omniview import evaluation, report, zero_shot
+
+
+def test_blur_of_a_point_is_the_normalised_gaussian():
+    sigma = 1.3
+    image = np.zeros((15, 15, 1))
+    image[7, 7] = 1.0
+    got = evaluation.gaussian_blur(image, sigma)[..., 0]
+    offsets = np.arange(15) - 7.0
+    radius = int(np.ceil(3 * sigma))
+    g = np.where(np.abs(offsets) <= radius, np.exp(-offsets**2 / (2 * sigma**2)), 0.0)
+    g /= g.sum()
+    np.testing.assert_allclose(got, np.outer(g, g), atol=1e-12)
+    np.testing.assert_allclose(evaluation.gaussian_blur(np.full((6, 6, 3), 0.4), sigma), 0.4)  # flat stays flat
+
+
+def test_noise_and_colour_shift_are_what_they_claim():
+    grey = np.full((64, 64, 3), 128, np.uint8)
+    noisy = evaluation.corrupt(grey, "noise", np.random.default_rng(0)).astype(float) / 255
+    residual = noisy - 128 / 255
+    # 12,288 draws: the sample std is within 3 % of sigma (rounding to 1/255 adds variance 1/12 / 255^2).
+    assert abs(residual.std() - np.hypot(evaluation.NOISE_SIGMA, 1 / 255 / np.sqrt(12))) < 0.03 * evaluation.NOISE_SIGMA
+    assert abs(residual.mean()) < 4 * evaluation.NOISE_SIGMA / np.sqrt(residual.size)
+    ramp = np.tile(np.linspace(60, 200, 16).astype(np.uint8)[:, None, None], (1, 4, 3))
+    shifted = evaluation.corrupt(ramp, "colour_shift", np.random.default_rng(1)).astype(float)
+    for c in range(3):  # an affine map per channel: gain and offset within their ranges
+        gain, offset = np.polyfit(ramp[:, 0, c] / 255, shifted[:, 0, c] / 255, 1)
+        assert evaluation.COLOUR_GAIN_RANGE[0] - 0.02 <= gain <= evaluation.COLOUR_GAIN_RANGE[1] + 0.02
+        assert abs(offset) <= evaluation.COLOUR_OFFSET + 0.02
+
+
+def test_evaluation_set_holds_only_heldout_objects(tmp_path):
+    data = multiview.make_multiview_dataset(3, 8, 16, seed=0, cache_dir=tmp_path)
+    eval_set = evaluation.evaluation_set(data, seed=0)
+    summary = multiview.split_summary(data)
+    groups = eval_set["groups"]
+    assert groups["canonical"].sum() == summary["heldout_canonical_images"]
+    assert groups["viewpoint_ood"].sum() == summary["heldout_viewpoint_ood_images"]
+    assert sum(groups[f"ood_{k}"].sum() for k in ("below", "above", "behind", "rolled")) == groups["viewpoint_ood"].sum()
+    assert groups["corrupted"].sum() == 3 * summary["heldout_canonical_images"]
+    heldout_images = {data["image"][i].tobytes() for i in np.flatnonzero(data["heldout"])}
+    shown = eval_set["image"][groups["canonical"] | groups["viewpoint_ood"]]
+    assert {image.tobytes() for image in shown} <= heldout_images
+    np.testing.assert_array_equal(eval_set["image"], evaluation.evaluation_set(data, seed=0)["image"])
+
+
+def test_report_files(tmp_path):
+    top1 = {"base": {"canonical": 0.9, "viewpoint_ood": 0.3, "corrupted": 0.8, "ood_below": 0.2},
+            "ovt": {"canonical": 0.89, "viewpoint_ood": 0.5, "corrupted": 0.79, "ood_below": 0.4}}
+    report.write_reports(top1, str(tmp_path))
+    rows = list(csv.reader(open(tmp_path / "zero_shot_top1.csv")))
+    assert rows[0] == ["model", "canonical", "viewpoint_ood", "corrupted", "ood_below"]
+    assert rows[2][0] == "ovt" and float(rows[2][2]) == 0.5
+    assert "| ovt | 89.0 | 50.0 | 79.0 | 40.0 |" in (tmp_path / "zero_shot_top1.md").read_text()
+    assert (tmp_path / "zero_shot_top1.png").stat().st_size > 1000
+
+
+def test_openai_templates_are_eighty_distinct_prompts():
+    templates = zero_shot.OPENAI_IMAGENET_TEMPLATES
+    assert len(templates) == len(set(templates)) == 80
+    assert all(t.count("{}") == 1 for t in templates)

@@ -1,0 +1,206 @@
+"""The omniview study: bad input refused before any work (issue point 6), the tiny preset end to end with every
+variant, and a tuning run killed mid-epoch resuming to the same results (issue point 5)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import robust_jax
+from robust_jax.configs import omniview as omniview_config
+from robust_jax.core.checks import ConfigError
+from robust_jax.core.run import run_study
+from robust_jax.data import multiview
+from robust_jax.omniview import study
+
+REPO = Path(__file__).resolve().parents[2]
+TESTDATA = REPO / "tests" / "testdata"
+
+
+def _tiny(**changes):
+    config = omniview_config.get_config("tiny")
+    for name, value in changes.items():
+        config[name] = value
+    return config
+
+
+@pytest.mark.parametrize("changes, message", [
+    # tiny tuning objects have 8 views (4 canonical + 1 of each OOD kind), 5 when tuned on 'below' only
+    (dict(num_hard_views=9), r"config\.num_hard_views=9 .*every procedural tuning object has 8"),
+    (dict(tune_view_kinds=("below",), num_hard_views=6), r"config\.num_hard_views=6 .*has 5"),
+    (dict(num_neighbours=8), r"config\.num_neighbours=8 .*has 8"),
+    (dict(margin=-0.1), r"config\.margin=-0\.1 .*>= 0"),
+    (dict(tune_view_kinds=("sideways",)), r"config\.tune_view_kinds\[0\]='sideways' .*one of \['below'"),
+    (dict(tune_view_kinds=("below", "below")), r"config\.tune_view_kinds=.*must not repeat"),
+    (dict(variants=("ovt", "dropout")), r"config\.variants\[1\]='dropout' .*one of"),
+    (dict(base_source="scratch"), r"config\.base_source='scratch' .*one of"),
+])
+def test_bad_tuning_config_is_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        study.check_config(_tiny(**changes), device_count=1)
+
+
+def test_itc_only_needs_no_views_per_object():
+    study.check_config(_tiny(variants=("itc_only",), num_hard_views=99), device_count=1)  # no max step: no K
+
+
+def _mvcap_folder(tmp_path, records=None):
+    """Three objects with three views each, as 32 px PNGs, and two 2D pairs."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    views = []
+    for obj in range(3):
+        for view in range(3):
+            path = f"images/o{obj}_v{view}.png"
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / path)
+            views.append({"path": path, "caption": f"a photo of object {obj}", "obj_id": f"o{obj}", "img_id": view})
+    records = views if records is None else records(views)
+    (tmp_path / "mvcap.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "pairs.json").write_text(json.dumps([{"path": views[0]["path"], "caption": "a cat"}] * 2))
+    return _tiny(tune_data="mvcap", mvcap_metadata=str(tmp_path / "mvcap.jsonl"),
+                 image_caption_metadata=str(tmp_path / "pairs.json"), base_source="openclip",
+                 base_path=str(TESTDATA / "openclip_tiny_gelu.safetensors"), base_model_name="tiny",
+                 bpe_vocab_path=str(TESTDATA / "bpe_simple_vocab_16e6.txt.gz"), image_size=32, num_hard_views=2,
+                 num_neighbours=2)
+
+
+def test_mvcap_tuning_with_an_openclip_base_passes_the_checks(tmp_path):
+    study.check_config(_mvcap_folder(tmp_path), device_count=1)
+
+
+def _without(field, index):
+    def edit(views):
+        views[index] = {k: v for k, v in views[index].items() if k != field}
+        return views
+    return edit
+
+
+def _missing_image(views):
+    views[4] = dict(views[4], path="images/nowhere.png")
+    return views
+
+
+@pytest.mark.parametrize("edit, changes, message", [
+    (_without("obj_id", 2), {}, r"config\.mvcap_metadata=.*record 2 \(line 3\): field 'obj_id' is missing"),
+    (_missing_image, {}, r"config\.mvcap_metadata=.*record 4 \(line 5\): field 'path' = 'images/nowhere\.png' "
+                         r"names an image file that does not exist"),
+    (None, dict(num_hard_views=4), r"config\.num_hard_views=4 .*obj_id 'o0' has 3"),
+    (None, dict(base_model_name="ViT-B-32"), r"config\.base_path=.*openclip_tiny_gelu\.safetensors.*expected an "
+                                             r"OpenCLIP 'ViT-B-32' checkpoint.*does not match"),
+    (None, dict(image_size=16), r"config\.image_size=16 .*checkpoint's image size \(32\)"),
+    (None, dict(base_source="pretrain"), r"config\.tune_data='mvcap' .*BPE tokenizer"),
+])
+def test_bad_metadata_or_base_is_refused_before_any_work(tmp_path, edit, changes, message):
+    config = _mvcap_folder(tmp_path, edit)
+    for name, value in changes.items():
+        config[name] = value
+    with pytest.raises(ConfigError, match=message):
+        study.check_config(config, device_count=1)
+
+
+def test_base_workdir_of_another_architecture_is_refused(tmp_path):
+    other = _tiny(vision_width=48)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(other.to_json_best_effort())
+    config = _tiny(base_source="workdir", base_path=str(tmp_path / "other"))
+    with pytest.raises(ConfigError, match=r"config\.base_path=.*another architecture: vision_width=48 there, 32 here"):
+        study.check_config(config, device_count=1)
+    digits = {"study": "digits"}
+    (tmp_path / "other" / "config.json").write_text(json.dumps(digits))
+    with pytest.raises(ConfigError, match=r"holds a 'digits' run"):
+        study.check_config(config, device_count=1)
+
+
+def test_bad_config_on_the_command_line_exits_2_before_writing(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "experiments.main", "--config=omniview:tiny",
+                             "--config.margin=-1.0", f"--workdir={tmp_path / 'run'}"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "config.margin=-1.0 is not allowed" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_tiny_preset_end_to_end_every_variant(tmp_path):
+    """Every variant on the tiny preset (about 2-4 minutes on 2 cores): the results layout, the table files, load_run."""
+    config = _tiny(data_cache_dir=str(tmp_path / "cache"))
+    workdir = tmp_path / "run"
+    metrics = run_study(config, str(workdir))["metrics"]
+    models = {"base", *omniview_config.ALL_VARIANTS}
+    splits = {"canonical", "viewpoint_ood", "corrupted", "ood_below", "ood_above", "ood_behind", "ood_rolled"}
+    assert set(metrics["zero_shot_top1"]) == models
+    for model in models:
+        assert set(metrics["zero_shot_top1"][model]) >= splits
+        assert all(0.0 <= v <= 1.0 for v in metrics["zero_shot_top1"][model].values())
+    assert metrics["zero_shot_count"]["canonical"] == metrics["splits"]["heldout_canonical_images"]
+    assert metrics["zero_shot_count"]["corrupted"] == 3 * metrics["splits"]["heldout_canonical_images"]
+    # 48 training objects x 8 views tuned on; 2D pairs = their 4 canonical views
+    assert metrics["tuning"]["multiview_pairs"] == 48 * 8 and metrics["tuning"]["image_text_pairs"] == 48 * 4
+    assert metrics["trainable_parameters"]["ovt"] == (metrics["trainable_parameters"]["lora_only"]
+                                                      + metrics["trainable_parameters"]["viformer_only"] - 1)
+    written = json.loads((workdir / "results.json").read_text())
+    assert written["metrics"]["zero_shot_top1"] == metrics["zero_shot_top1"]
+    for name in ("zero_shot_top1.md", "zero_shot_top1.csv", "zero_shot_top1.png", "multiview_grid.png",
+                 "timings.json"):
+        assert (workdir / name).exists(), name
+    # one max step per epoch for the aligning variants, none for itc_only
+    assert sorted(os.listdir(workdir / "tune_ovt" / "alignment")) == ["epoch_0000.safetensors",
+                                                                       "epoch_0001.safetensors"]
+    assert not (workdir / "tune_itc_only" / "alignment").exists()
+    run = robust_jax.load_run(str(workdir))
+    assert set(run.model) == models and run.history and run.history[-1]["step"] == config.num_steps
+    assert run.metrics == metrics
+
+
+def _main(args, timeout=600):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1", PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, "-m", "experiments.main", "--config=omniview:tiny", *args], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_gives_the_same_results(tmp_path):
+    """Issue point 5: a tuning run killed after a checkpoint inside its second epoch, run again, ends with the
+    results of a run never killed (all of results.json but its wall time), without logging a step twice."""
+    overrides = ["--config.variants=('ovt',)", "--config.num_steps=24", "--config.steps_per_epoch=8",
+                 "--config.checkpoint_every=3", f"--config.data_cache_dir={tmp_path / 'cache'}"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    # Both runs read the dataset from the cache: a run that has just generated it has been seen to differ from one
+    # that read it in the last bits of its tuning losses (not yet explained), which would hide what is tested here.
+    tiny = omniview_config.get_config("tiny")
+    multiview.make_multiview_dataset(tiny.num_objects_per_category, tiny.views_per_object, tiny.image_size,
+                                     seed=tiny.seed, cache_dir=tmp_path / "cache",
+                                     canonical_fraction=tiny.canonical_fraction,
+                                     heldout_fraction=tiny.heldout_fraction)
+    finished = _main([*overrides, f"--workdir={whole}"])
+    assert finished.wait(timeout=600) == 0, finished.stderr.read()[-2000:]
+
+    proc = _main([*overrides, f"--workdir={killed}"])
+    checkpoints = killed / "tune_ovt" / "checkpoints"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
+        if any(8 < s < 16 for s in steps):  # inside epoch 2, after its max step
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+
+    rerun = _main([*overrides, f"--workdir={killed}"])
+    assert rerun.wait(timeout=600) == 0, rerun.stderr.read()[-2000:]
+    a = json.loads((whole / "results.json").read_text())
+    b = json.loads((killed / "results.json").read_text())
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+    assert (whole / "zero_shot_top1.csv").read_bytes() == (killed / "zero_shot_top1.csv").read_bytes()
+    logged = [json.loads(line)["step"] for line in (killed / "tune_ovt" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == 24
