@@ -34,7 +34,17 @@ Presets:
 Output: certified_accuracy.{md,csv,png} (every method, one table and one plot), inference_cost.json, and
 results.json metrics["certified_accuracy"][method]["sigma=0.25"]["r=0.5"], metrics["inference_flops_per_sample"][method].
 
-MEASURED (cpu preset): pending.
+MEASURED (cpu preset), 2026-11-29, on the project's shared 2-core CPU under a load average of 12-17 (three
+engineers' jobs; everything runs 5-10x slower than on an idle machine):
+  * inference cost per noise sample (experiments/benchmarks/rrcm_inference_cost.py, batch 1000, the certification
+    apply_fns): gaussian 2.295 MFLOP / 97 us; denoised 13.639 MFLOP / 981 us; rrcm 1.866 MFLOP / 104 us.
+    rrcm / denoised = 0.137 in FLOPs and 0.106 in time: below 1/5 both ways.
+  * the full preset did not finish within the session: under that load it needs well over an hour (the rrcm
+    pretraining ran at ~1 step/s, the denoised certification alone needs 2.4 M samples at ~1 ms). Estimated on an idle
+    machine from the parts: ~35-40 min, over the 25-minute target (the denoised method's certification is ~12 min).
+  * proxy at sigma = 0.25 (same data and models; the fraction of every-3rd test digits whose noisy accuracy over
+    1,000 draws is >= 0.985, about what certifies r = 0.5 with n = 10,000): denoised with the clean classifier 0.67
+    (r = 0: 0.97), fine-tuned on denoised digits 0.65 (r = 0: 0.98).
 """
 
 import ml_collections
