@@ -21,8 +21,13 @@ Presets:
             validation image (500). Needs tfds imagenet2012 in array_record format under --config.data_dir.
   For the ResNets, certification runs the BatchNorm-folded network (resnet.fast_inference).
 
-Output: certified_accuracy.{md,csv,png} in the workdir and
-results.json metrics["certified_accuracy"]["sigma=0.25"]["r=0.5"] etc. ("best" is the envelope over sigma).
+  config.methods chooses the smoothed classifiers: cpu and tiny train "gaussian_consistency", cifar10 and imagenet
+  "gaussian" (Cohen et al.'s noise augmentation); configs/rrcm.py compares all four methods
+  (gaussian, gaussian_consistency, denoised, rrcm).
+
+Output: certified_accuracy.{md,csv,png} in the workdir (every method), <method>/certified_accuracy.* (its sigmas),
+inference_cost.json, and results.json metrics["certified_accuracy"][method]["sigma=0.25"]["r=0.5"] etc. ("best" is
+the envelope over sigma), metrics["inference_flops_per_sample"][method].
 """
 
 import ml_collections
@@ -30,6 +35,62 @@ import ml_collections
 from robust_jax.core.config import new_config
 
 PRESETS = ("tiny", "cpu", "cifar10", "imagenet")
+
+
+def rrcm_block() -> ml_collections.ConfigDict:
+    """The "rrcm" method: pretraining (consistency + instance discrimination) once, then fine-tuning per sigma.
+
+    Backbone: a ViT preset ("Ti", "S", "B"); patch_size, width, depth, num_heads, mlp_dim override it (0: the
+    preset's; patch 0: 4 at 32x32, 16 at 224x224). Pretraining: AdamW with linear warm-up then cosine decay, gradient
+    clipping by global norm, the discretisation curriculum start -> end levels, the EMA target rate ema_start ->
+    ema_end. Fine-tuning: a linear head, AdamW with layer-wise learning-rate decay (1.0: none), the consistency loss
+    of the config (consistency_lambda, consistency_eta, consistency_copies) and max_translation.
+    """
+    b = ml_collections.ConfigDict()
+    b.backbone = "Ti"
+    b.patch_size = 4
+    b.width = 64
+    b.depth = 4
+    b.num_heads = 4
+    b.mlp_dim = 128
+    b.projection_dim = 64
+    b.projector_hidden_dim = 256
+    b.level_embedding_dim = 64
+    b.temperature = 0.2
+    b.curriculum_start_levels = 21
+    b.curriculum_end_levels = 81
+    b.ema_start = 0.99
+    b.ema_end = 0.9999
+    b.pretrain_steps = 2000
+    b.pretrain_batch_size = 128
+    b.pretrain_learning_rate = 1e-3
+    b.pretrain_weight_decay = 0.0
+    b.pretrain_warmup_steps = 100
+    b.gradient_clip = 2.0  # global-norm clipping of the pretraining gradient (0: none)
+    b.finetune_steps = 1000
+    b.finetune_batch_size = 128
+    b.finetune_learning_rate = 5e-4
+    b.finetune_weight_decay = 0.0
+    b.layer_decay = 1.0
+    return b
+
+
+def denoised_block() -> ml_collections.ConfigDict:
+    """The "denoised" method (Carlini et al.): a DDPM denoiser (TinyUNet, linear betas) trained on the training
+    images, or loaded from `denoiser_checkpoint` (a safetensors file written by an earlier run); a classifier of
+    config.model trained on clean images (with max_translation); optionally (finetune_steps > 0) that classifier
+    fine-tuned per sigma on one-step-denoised noisy images with the config's consistency loss."""
+    b = ml_collections.ConfigDict()
+    b.denoiser_channels = 32
+    b.denoiser_checkpoint = ""  # "": train the denoiser; else a <workdir>/denoised/denoiser.safetensors to reuse
+    b.denoiser_steps = 2000
+    b.denoiser_batch_size = 128
+    b.denoiser_learning_rate = 2e-3
+    b.classifier_steps = 2000
+    b.classifier_learning_rate = 1e-3
+    b.finetune_steps = 1000
+    b.finetune_learning_rate = 5e-4
+    return b
 
 
 def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
@@ -43,16 +104,24 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.cnn_hidden = 128
     c.sigmas = (0.12, 0.25, 0.5)
     c.radii = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+    # Which smoothed classifiers to build, train and certify (each in its own subfolder of the workdir):
+    # "gaussian" (noise augmentation), "gaussian_consistency" (+ consistency regularisation), "denoised"
+    # (diffusion denoiser + classifier), "rrcm" (consistency-pretrained ViT, fine-tuned). See configs/rrcm.py.
+    c.methods = ("gaussian_consistency",)
     # Training (per sigma).
     c.eval_batch_size = 512
     c.optimizer = "adam"  # or "sgd" (with momentum and weight_decay)
     c.lr_schedule = "cosine"  # or "step": x0.1 after 1/3 and 2/3 of the steps
     c.momentum = 0.9
     c.weight_decay = 0.0
-    c.consistency_lambda = 10.0  # > 0: Jeong & Shin consistency regularisation with consistency_copies copies
+    # Jeong & Shin consistency regularisation with consistency_copies noisy copies: the loss of gaussian_consistency,
+    # of rRCM fine-tuning and of the denoised method's optional fine-tuning (gaussian ignores it).
+    c.consistency_lambda = 10.0
     c.consistency_eta = 0.5
     c.consistency_copies = 2
     c.max_translation = 1  # > 0: random translation by up to this many pixels before the noise
+    c.rrcm = rrcm_block()
+    c.denoised = denoised_block()
     # Certification.
     c.n0 = 100
     c.n = 10_000
@@ -86,6 +155,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.learning_rate = 0.1
         c.weight_decay = 1e-4
         c.consistency_lambda = 0.0
+        c.methods = ("gaussian",)
         c.max_translation = 0  # the loaders augment (crop + flip)
         c.log_every = 500
         c.checkpoint_every = 5000

@@ -1,145 +1,63 @@
-"""The randomized-smoothing study (Cohen, Rosenfeld & Kolter 2019).
+"""The randomized-smoothing study: smoothed classifiers built by several methods on the same data, certified through
+the same path, compared.
 
-For each sigma: train a base classifier with Gaussian-noise augmentation at that sigma (optionally with consistency
-regularisation), then CERTIFY every k-th test example, one TSV line per example as it finishes. Then certified
-accuracy at radii, per sigma and best over sigma, as a markdown table, CSV and PNG plot. Every stage resumes:
-training from its checkpoints, certification from its TSV.
+Methods (config.methods), each trained through core.train on the config's training split:
+  gaussian              per sigma, the config's classifier trained on noisy copies (Cohen, Rosenfeld & Kolter 2019)
+  gaussian_consistency  the same with consistency regularisation (Jeong & Shin 2020)
+  denoised              a diffusion denoiser and a classifier on clean images, optionally fine-tuned on denoised ones
+                        (Carlini et al. 2023): denoiser + classifier per noise sample
+  rrcm                  rRCM pretraining, then fine-tuning per sigma (Lei et al.): one ViT forward per noise sample
+Each method's base classifier at each sigma is certified by `certify_dataset` (CERTIFY on every k-th test example,
+one resumable TSV line per example; the same certification key per sigma for every method, so every method sees the
+same noise), and its accuracy on noisy test images is measured. Then per method the certified-accuracy report of its
+sigmas, and for all methods one comparison table and plot with each method's inference cost per noise sample (XLA's
+FLOP count in the metrics; the measured time beside them in inference_cost.json). Every stage resumes: trainings from
+their checkpoints, certification from its TSV.
 
-Workdir layout: `sigma=<s>/` holds that sigma's training run (checkpoints, metrics.jsonl, TensorBoard);
-`certify_sigma<s>.tsv` the certification log; `certified_accuracy.{md,csv,png}` the report.
+Workdir layout: `<method>/` per method (its trainings, see each method module; `certify_sigma<s>.tsv` and `.json`;
+`certified_accuracy.{md,csv,png}` over its sigmas); `certified_accuracy.{md,csv,png}` the comparison;
+`inference_cost.json` FLOPs and measured seconds per noise sample.
+
+results.json metrics: certified_accuracy[method]["sigma=<s>" | "best"]["r=<radius>"],
+noisy_test_accuracy[method]["sigma=<s>"], inference_flops_per_sample[method], certified_examples.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
-from robust_jax.core.config import loop_config
 from robust_jax.core.evaluate import evaluate
-from robust_jax.core.train import restore_latest_state, train
-from robust_jax.data.array_batches import ArrayBatches
+from robust_jax.smoothing import denoised_method, gaussian_method, rrcm_method
+from robust_jax.smoothing.classifiers import (  # noqa: F401  (re-exported: the study's public names)
+    LR_SCHEDULES,
+    MODELS,
+    OPTIMIZERS,
+    CertifiableClassifier,
+    Classifier,
+    build_classifier,
+    make_optimizer,
+)
+from robust_jax.smoothing.comparison import comparison_table, write_comparison
 from robust_jax.smoothing.dataset import certify_dataset, load_certification_results
-from robust_jax.smoothing.report import accuracy_table, write_report
-from robust_jax.smoothing.training import make_noise_loss_fn
+from robust_jax.smoothing.inference_cost import flops_per_sample, seconds_per_sample
+from robust_jax.smoothing.report import ENVELOPE, write_report
+from robust_jax.smoothing.study_data import DATASETS, TFDS_TEST_SPLITS, dataset_shape, load_data  # noqa: F401
 
-DATASETS = ("digits", "cifar10", "imagenet2012")
-TFDS_TEST_SPLITS = {"cifar10": "test", "imagenet2012": "validation"}
-MODELS = ("small_cnn", "resnet20", "resnet110", "resnet50")
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("cosine", "step")
-
-
-@dataclasses.dataclass(frozen=True)
-class Classifier:
-    """A base classifier in the forms the study needs."""
-
-    init_fn: Callable  # key -> (params, model_state)
-    apply_train: Callable  # (params, model_state, images) -> (logits, new_model_state)
-    apply_eval: Callable  # (variables, images) -> logits; hashable, so certification compiles once
-    # variables -> (apply_fn, params) for certification: the ResNets fold BatchNorm (resnet.fast_inference).
-    for_certification: Callable
+METHODS = ("gaussian", "gaussian_consistency", "denoised", "rrcm")
+_MODULES = {"gaussian": gaussian_method, "gaussian_consistency": gaussian_method, "denoised": denoised_method,
+            "rrcm": rrcm_method}
 
 
-def build_classifier(config: ml_collections.ConfigDict, num_classes: int, image_shape: tuple) -> Classifier:
-    from robust_jax.models import resnet
-
-    if config.model == "small_cnn":
-        from robust_jax.models.cnn import SmallCNN
-
-        model = SmallCNN(num_classes=num_classes, features=tuple(config.cnn_features), hidden=config.cnn_hidden)
-    elif config.model in ("resnet20", "resnet110", "resnet50"):
-        model = getattr(resnet, config.model)(num_classes=num_classes)
-    else:
-        raise ValueError(f"model={config.model!r} is not supported; one of {MODELS}")
-    has_batch_norm = config.model != "small_cnn"
-
-    def init_fn(key):
-        variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32))
-        params = variables.pop("params") if hasattr(variables, "pop") else variables["params"]
-        return params, dict(variables)
-
-    def apply_train(params, model_state, images):
-        if has_batch_norm:
-            logits, updates = model.apply({"params": params, **model_state}, images, train=True,
-                                          mutable=["batch_stats"])
-            return logits, {**model_state, **updates}
-        return model.apply({"params": params, **model_state}, images), model_state
-
-    def for_certification(variables):
-        if has_batch_norm:
-            return resnet.fast_inference(model, variables)
-        return model.apply, variables
-
-    return Classifier(init_fn=init_fn, apply_train=apply_train, apply_eval=model.apply,
-                      for_certification=for_certification)
-
-
-def dataset_shape(config: ml_collections.ConfigDict) -> tuple[int, tuple]:
-    """(number of classes, image shape) of the config's dataset, without reading it."""
-    if config.dataset == "digits":
-        from robust_jax.data.digits import IMAGE_SHAPE, NUM_CLASSES
-
-        return NUM_CLASSES, IMAGE_SHAPE
-    from robust_jax.data import tfds_images
-
-    spec = tfds_images.SUPPORTED_DATASETS[config.dataset]
-    return spec.num_classes, (spec.default_image_size, spec.default_image_size, 3)
-
-
-def load_data(config: ml_collections.ConfigDict) -> tuple[Callable, dict, tuple, int, tuple]:
-    """(make_batches(), the test examples to evaluate, (images, labels) to certify, num_classes, image shape).
-
-    digits: the whole split in memory. cifar10 / imagenet2012: tfds prepared in array_record format under
-    `config.data_dir` (nothing is downloaded); training streams through grain with the loaders' augmentation, and
-    only every `certify_every`-th test example is loaded (the ones certified and scored)."""
-    if config.dataset == "digits":
-        from robust_jax.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digits_splits
-
-        splits = load_digits_splits(config.test_fraction, seed=config.seed)
-        train_split, test_split = splits["train"], splits["test"]
-
-        def make_batches():
-            return ArrayBatches(train_split, batch_size=config.batch_size, seed=config.seed,
-                                process_index=jax.process_index(), process_count=jax.process_count())
-
-        return make_batches, test_split, (test_split["image"], test_split["label"]), NUM_CLASSES, IMAGE_SHAPE
-    if config.dataset in TFDS_TEST_SPLITS:
-        from robust_jax.data import tfds_images
-
-        def make_loader():
-            return tfds_images.make_image_loader(
-                config.dataset, "train", batch_size=config.batch_size // jax.process_count(), train=True,
-                data_dir=config.data_dir or None, seed=config.seed)
-
-        num_classes, image_shape = dataset_shape(config)
-        subset, all_labels, lazy_images = tfds_images.every_kth_example(
-            config.dataset, TFDS_TEST_SPLITS[config.dataset], config.certify_every,
-            batch_size=config.eval_batch_size, data_dir=config.data_dir or None)
-        return (lambda: tfds_images.TrainBatches(make_loader()), subset, (lazy_images, all_labels), num_classes,
-                image_shape)
-    raise ValueError(f"dataset={config.dataset!r} is not supported; one of {DATASETS}")
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam or SGD with momentum and weight decay; cosine decay, or Cohen's step decay (x0.1 after 1/3 and 2/3)."""
-    if config.lr_schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(config.learning_rate, config.num_steps)
-    else:
-        third = max(1, config.num_steps // 3)
-        schedule = optax.piecewise_constant_schedule(config.learning_rate, {third: 0.1, 2 * third: 0.1})
-    if config.optimizer == "adam":
-        return optax.adam(schedule)
-    return optax.chain(optax.add_decayed_weights(config.weight_decay),
-                       optax.sgd(schedule, momentum=config.momentum))
+def sigma_name(sigma: float) -> str:
+    return f"sigma={sigma:g}"
 
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
@@ -157,6 +75,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
         raise checks.ConfigError("config.sigmas=() is not allowed: give at least one noise level")
     for i, sigma in enumerate(config.sigmas):
         checks.check_float(f"config.sigmas[{i}]", sigma, positive=True)
+    checks.check_nonempty_unique("config.sigmas", [f"{sigma:g}" for sigma in config.sigmas])
     for i, radius in enumerate(config.radii):
         checks.check_float(f"config.radii[{i}]", radius, non_negative=True)
     checks.check_int("config.eval_batch_size", config.eval_batch_size, minimum=1)
@@ -171,88 +90,117 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_int("config.certify_batch_size", config.certify_batch_size, minimum=1)
     checks.check_int("config.certify_every", config.certify_every, minimum=1)
     checks.check_float("config.test_fraction", config.test_fraction, positive=True, below=1.0)
+    methods = checks.check_nonempty_unique("config.methods", config.methods)
+    for i, method in enumerate(methods):
+        checks.check_choice(f"config.methods[{i}]", method, METHODS)
+    if "gaussian_consistency" in methods and config.consistency_lambda <= 0:
+        checks.fail("config.consistency_lambda", config.consistency_lambda,
+                    "must be > 0 with the gaussian_consistency method (use the gaussian method for none)")
+    if "rrcm" in methods:
+        rrcm_method.check(config, device_count)
+    if "denoised" in methods:
+        denoised_method.check(config, device_count)
 
 
-def sigma_name(sigma: float) -> str:
-    return f"sigma={sigma:g}"
+def fit_method(method: str, config: ml_collections.ConfigDict, data, method_dir: str,
+               mesh: Mesh) -> dict[float, CertifiableClassifier]:
+    """{sigma: the method's base classifier for certification}, trained (or restored when finished) in method_dir."""
+    if method in ("gaussian", "gaussian_consistency"):
+        return gaussian_method.fit(config, data, method_dir, mesh, consistency=method == "gaussian_consistency")
+    return _MODULES[method].fit(config, data, method_dir, mesh)
+
+
+def noisy_test_accuracy(classifier: CertifiableClassifier, sigma: float, test_split: dict, *, seed: int,
+                        batch_size: int, mesh: Mesh) -> float:
+    """Accuracy of the base classifier on test images with one Gaussian noise draw each (example i's noise from
+    fold_in(key, i), so every method sees the same noisy images)."""
+    noise_key = jax.random.key(seed + 2)
+
+    def correct(params, batch):
+        noise = jax.vmap(lambda i, x: jax.random.normal(jax.random.fold_in(noise_key, i), x.shape))(
+            batch["index"], batch["image"])
+        logits = classifier.apply_fn(params, batch["image"] + sigma * noise)
+        return {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
+
+    return evaluate(correct, classifier.params, test_split, batch_size=batch_size, mesh=mesh)["accuracy"]
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str):
-    """({sigma name: base classifier}, {sigma name: its variables}, metrics.jsonl of the first sigma's training) of
-    a smoothing run, for `robust_jax.load_run`; the variables are what `classifier.apply_eval` takes."""
-    classifier = build_classifier(config, *dataset_shape(config))
-    models, variables = {}, {}
-    for sigma in config.sigmas:
-        sigma_dir = os.path.join(workdir, sigma_name(sigma))
-        if not os.path.isdir(os.path.join(sigma_dir, "checkpoints")):
-            continue  # not trained yet (an interrupted run)
-        state = restore_latest_state(sigma_dir, classifier.init_fn, make_optimizer(config), config.seed)
-        models[sigma_name(sigma)] = classifier
-        variables[sigma_name(sigma)] = {"params": state.params, **state.model_state}
-    first = os.path.join(workdir, sigma_name(config.sigmas[0]), "metrics.jsonl")
-    return models, variables, first
+    """({method: {sigma name: apply_fn}}, {method: {sigma name: params}}, metrics.jsonl of the first method's first
+    training), for `robust_jax.load_run`: `models[m][s](params[m][s], inputs in [0, 1])` gives logits. Methods and
+    sigmas not trained yet are left out."""
+    models, params = {}, {}
+    for method in config.methods:
+        restored = _MODULES[method].restore(config, os.path.join(workdir, method))
+        if restored:
+            models[method] = {sigma_name(s): c.apply_fn for s, c in restored.items()}
+            params[method] = {sigma_name(s): c.params for s, c in restored.items()}
+    first = config.methods[0]
+    return models, params, _MODULES[first].history_path(config, os.path.join(workdir, first))
+
+
+def _certification_seconds_per_sample(path: str, samples_per_example: int) -> float:
+    with open(path) as file:
+        seconds = [float(line.rsplit("\t", 1)[1]) for line in file.read().splitlines()[1:]]
+    return sum(seconds) / max(1, len(seconds)) / samples_per_example
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-    make_batches, test_split, (certify_images, certify_labels), num_classes, image_shape = load_data(config)
-    classifier = build_classifier(config, num_classes, image_shape)
+    data = load_data(config)
     certify_key = jax.random.key(config.seed + 1)
-
-    results_by_sigma = {}
-    base_accuracy = {}
-    for sigma in config.sigmas:
-        sigma_dir = os.path.join(workdir, sigma_name(sigma))
-        state = train(
-            workdir=sigma_dir,
-            init_fn=classifier.init_fn,
-            loss_fn=make_noise_loss_fn(
-                classifier.apply_train, sigma=sigma, consistency_lambda=config.consistency_lambda,
-                consistency_eta=config.consistency_eta, copies=config.consistency_copies,
-                max_translation=config.max_translation,
-            ),
-            optimizer=make_optimizer(config),
-            batches=make_batches(),
-            loop=loop_config(config),
-            mesh=mesh,
-            desc=f"train {sigma_name(sigma)}",
-        ).state
-        variables = {"params": state.params, **state.model_state}
-
-        def noisy_accuracy(variables, batch, sigma=sigma):
-            noise_key = jax.random.key(config.seed + 2)
-            noise = jax.vmap(lambda i, x: jax.random.normal(jax.random.fold_in(noise_key, i), x.shape))(
-                batch["index"], batch["image"])
-            noisy = batch["image"] + sigma * noise
-            logits = classifier.apply_eval(variables, noisy)
-            return {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
-
-        base_accuracy[sigma_name(sigma)] = evaluate(
-            noisy_accuracy, variables, test_split, batch_size=config.eval_batch_size, mesh=mesh
-        )["accuracy"]
-        certify_fn, certify_params = classifier.for_certification(variables)
-        path = certify_dataset(
-            certify_fn, certify_params, certify_images, certify_labels,
-            sigma=sigma, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.certify_batch_size,
-            key=jax.random.fold_in(certify_key, int(round(sigma * 1e6))), workdir=workdir,
-            every=config.certify_every, mesh=mesh, show_progress=jax.process_index() == 0,
-        )
-        results_by_sigma[sigma] = load_certification_results(path)
-
     radii = tuple(config.radii)
-    table = accuracy_table(results_by_sigma, radii)
-    if jax.process_index() == 0:
-        write_report(results_by_sigma, workdir, radii)
+    show = jax.process_index() == 0
+
+    results, noisy, flops, final_classifiers, certification_seconds = {}, {}, {}, {}, {}
+    for method in config.methods:
+        method_dir = os.path.join(workdir, method)
+        trained = fit_method(method, config, data, method_dir, mesh)
+        results[method], noisy[method], certification_seconds[method] = {}, {}, {}
+        for sigma in config.sigmas:
+            classifier = trained[sigma]
+            noisy[method][sigma_name(sigma)] = noisy_test_accuracy(
+                classifier, sigma, data.test_split, seed=config.seed, batch_size=config.eval_batch_size, mesh=mesh)
+            path = certify_dataset(
+                classifier.apply_fn, classifier.params, data.certify_images, data.certify_labels,
+                sigma=sigma, n0=config.n0, n=config.n, alpha=config.alpha, batch_size=config.certify_batch_size,
+                key=jax.random.fold_in(certify_key, int(round(sigma * 1e6))), workdir=method_dir,
+                every=config.certify_every, mesh=mesh, show_progress=show,
+            )
+            results[method][sigma] = load_certification_results(path)
+            certification_seconds[method][sigma_name(sigma)] = _certification_seconds_per_sample(
+                path, config.n0 + config.n)
+        if show:
+            write_report(results[method], method_dir, radii)
+        final_classifiers[method] = trained[config.sigmas[-1]]
+        flops[method] = flops_per_sample(final_classifiers[method].apply_fn, final_classifiers[method].params,
+                                         data.image_shape, config.certify_batch_size)
+
+    seconds = seconds_per_sample({m: (c.apply_fn, c.params) for m, c in final_classifiers.items()},
+                                 data.image_shape, config.certify_batch_size)
+    cost = {method: {"flops": flops[method], "seconds": seconds[method]} for method in config.methods}
+    if show:
+        with open(os.path.join(workdir, "inference_cost.json"), "w") as file:
+            json.dump({"flops_per_sample": flops, "seconds_per_sample": seconds,
+                       "certification_seconds_per_sample": certification_seconds,
+                       "batch_size": config.certify_batch_size, "device": str(jax.local_devices()[0].device_kind),
+                       "note": f"measured at sigma={config.sigmas[-1]:g}; seconds depend on the machine's load"},
+                      file, indent=2, sort_keys=True)
+            file.write("\n")
+        write_comparison(results, workdir, radii, cost)
+
+    table = comparison_table(results, radii)
     certified = {
-        (sigma_name(row) if row in results_by_sigma else str(row)): {
-            f"r={radius:g}": float(value) for radius, value in zip(radii, accuracies)
-        }
-        for row, accuracies in table.items()
+        method: {(ENVELOPE if row == ENVELOPE else sigma_name(row)): {
+            f"r={radius:g}": float(value) for radius, value in zip(radii, accuracies)} for row, accuracies in
+            rows.items()}
+        for method, rows in table.items()
     }
     return {
         "metrics": {
             "certified_accuracy": certified,
-            "noisy_test_accuracy": base_accuracy,
-            "certified_examples": int(len(next(iter(results_by_sigma.values())).labels)),
+            "noisy_test_accuracy": noisy,
+            "inference_flops_per_sample": flops,
+            "certified_examples": int(len(next(iter(results[config.methods[0]].values())).labels)),
         }
     }

@@ -11,7 +11,8 @@ from robust_jax.core.run import run_study
 def test_tiny_study_reports_every_sigma_and_radius(tmp_path):
     config = smoothing.get_config("tiny")
     results = run_study(config, str(tmp_path))
-    certified = results["metrics"]["certified_accuracy"]
+    assert list(results["metrics"]["certified_accuracy"]) == list(config.methods) == ["gaussian_consistency"]
+    certified = results["metrics"]["certified_accuracy"]["gaussian_consistency"]
     assert set(certified) == {f"sigma={s:g}" for s in config.sigmas} | {"best"}
     for row in certified.values():
         assert list(row) == [f"r={r:g}" for r in config.radii]
@@ -20,8 +21,11 @@ def test_tiny_study_reports_every_sigma_and_radius(tmp_path):
         assert values == sorted(values, reverse=True)  # certified accuracy cannot grow with the radius
     for r in config.radii:
         assert certified["best"][f"r={r:g}"] == max(certified[f"sigma={s:g}"][f"r={r:g}"] for s in config.sigmas)
-    for name in ("certified_accuracy.md", "certified_accuracy.csv", "certified_accuracy.png", "results.json"):
+    for name in ("certified_accuracy.md", "certified_accuracy.csv", "certified_accuracy.png", "results.json",
+                 "inference_cost.json", "gaussian_consistency/certified_accuracy.md",
+                 "gaussian_consistency/certify_sigma0.25.tsv"):
         assert (tmp_path / name).exists()
+    assert results["metrics"]["inference_flops_per_sample"]["gaussian_consistency"] > 0
     # A second run in the same workdir resumes everything and reports the same numbers.
     again = run_study(config, str(tmp_path))
     assert again["metrics"] == json.loads((tmp_path / "results.json").read_text())["metrics"] == results["metrics"]
@@ -44,10 +48,11 @@ def test_cifar10_preset_runs_on_mock_tfds_with_folded_resnet(tmp_path):
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
         results = run_study(config, str(tmp_path))
     assert results["metrics"]["certified_examples"] == 4  # test indices 0, 3, 6, 9 of the 10 mock records
-    lines = (tmp_path / "certify_sigma0.25.tsv").read_text().splitlines()
+    assert list(config.methods) == ["gaussian"]
+    lines = (tmp_path / "gaussian" / "certify_sigma0.25.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 3, 6, 9]
-    assert 0.0 <= results["metrics"]["noisy_test_accuracy"]["sigma=0.25"] <= 1.0
-    assert (tmp_path / "sigma=0.25").exists()
+    assert 0.0 <= results["metrics"]["noisy_test_accuracy"]["gaussian"]["sigma=0.25"] <= 1.0
+    assert (tmp_path / "gaussian" / "sigma=0.25").exists()
 
 
 def test_imagenet_preset_is_valid_and_builds_resnet50():

@@ -1,0 +1,214 @@
+"""The "rrcm" method (Lei et al.): one rRCM pretraining (trajectory consistency + instance discrimination with an
+EMA target), then per sigma a fine-tuning of a linear head and the backbone on noisy images, through core.train;
+certified through rrcm_apply_fn (one ViT forward per noise sample, told the level nearest 2 sigma).
+
+Settings: config.rrcm (configs/smoothing.py `rrcm_block`). The certification level uses the curriculum's final
+discretisation (curriculum_end_levels), the same levels fine-tuning tells the model.
+
+Optimizers: pretraining AdamW with linear warm-up to the peak learning rate, then cosine decay to 0, after clipping
+the gradient's global norm at gradient_clip (from the first step; the paper starts clipping after warm-up).
+Fine-tuning AdamW with cosine decay and layer-wise learning-rate decay: a parameter of layer l (0: the embeddings and
+the level token's projection, i: encoder block i - 1, depth + 1: the final LayerNorm and the head) gets the learning
+rate times layer_decay^(depth + 1 - l).
+
+Workdir (the method's folder): `pretrain/` (checkpoints, metrics.jsonl; model_state holds the EMA target),
+`sigma=<s>/` per sigma (fine-tuning).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from robust_jax.core import checks
+from robust_jax.core.config import loop_config
+from robust_jax.core.train import restore_latest_state, train
+from robust_jax.models.vit import VIT_SIZES
+from robust_jax.smoothing.classifiers import CertifiableClassifier
+from robust_jax.smoothing.contrastive import EmaRateSchedule
+from robust_jax.smoothing.noise_schedule import SIGMA_MAX, SIGMA_MIN, DiscretisationCurriculum
+from robust_jax.smoothing.rrcm_apply import rrcm_apply_fn
+from robust_jax.smoothing.rrcm_losses import (
+    make_finetune_init_fn,
+    make_finetune_loss_fn,
+    make_pretrain_init_fn,
+    make_pretrain_loss_fn,
+)
+from robust_jax.smoothing.rrcm_model import RRCMNet, rrcm_net
+from robust_jax.smoothing.study_data import StudyData, dataset_shape
+
+PRETRAIN_DIR = "pretrain"
+_VIT_OVERRIDES = ("width", "depth", "num_heads", "mlp_dim")
+
+
+def sigma_name(sigma: float) -> str:
+    return f"sigma={sigma:g}"
+
+
+def build_network(block: ml_collections.ConfigDict, num_classes: int, image_shape: tuple) -> RRCMNet:
+    """The rRCM network of config.rrcm: num_classes = 0 for pretraining (projector, no head), > 0 for fine-tuning."""
+    overrides = {name: block[name] for name in _VIT_OVERRIDES if block[name]}
+    return rrcm_net(block.backbone, num_classes=num_classes, image_size=image_shape[0], channels=image_shape[2],
+                    patch_size=block.patch_size or None, projection_dim=block.projection_dim,
+                    projector_hidden_dim=block.projector_hidden_dim, level_embedding_dim=block.level_embedding_dim,
+                    **overrides)
+
+
+def check(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """config.rrcm's fields, the network they build on the dataset's images, and every sigma against the noise
+    schedule; ConfigError naming the field."""
+    block = config.rrcm
+    checks.check_choice("config.rrcm.backbone", block.backbone, sorted(VIT_SIZES))
+    for name in ("patch_size", *_VIT_OVERRIDES):
+        checks.check_int(f"config.rrcm.{name}", block[name], minimum=0)
+    for name in ("projection_dim", "projector_hidden_dim", "level_embedding_dim", "pretrain_steps",
+                 "finetune_steps"):
+        checks.check_int(f"config.rrcm.{name}", block[name], minimum=1)
+    for name in ("pretrain_batch_size", "finetune_batch_size"):
+        checks.check_int(f"config.rrcm.{name}", block[name], minimum=2)
+        checks.check_divisible(f"config.rrcm.{name}", block[name], device_count, "the device count")
+        if config.micro_batch_size:
+            checks.check_divisible(f"config.rrcm.{name}", block[name], config.micro_batch_size,
+                                   "config.micro_batch_size")
+    checks.check_int("config.rrcm.curriculum_start_levels", block.curriculum_start_levels, minimum=2)
+    checks.check_int("config.rrcm.curriculum_end_levels", block.curriculum_end_levels, minimum=2)
+    if block.curriculum_end_levels < block.curriculum_start_levels:
+        checks.fail("config.rrcm.curriculum_end_levels", block.curriculum_end_levels,
+                    f"must be >= config.rrcm.curriculum_start_levels={block.curriculum_start_levels!r}: the "
+                    "curriculum only refines the discretisation")
+    checks.check_int("config.rrcm.pretrain_warmup_steps", block.pretrain_warmup_steps, minimum=0,
+                     maximum=block.pretrain_steps)
+    for name in ("temperature", "pretrain_learning_rate", "finetune_learning_rate"):
+        checks.check_float(f"config.rrcm.{name}", block[name], positive=True)
+    for name in ("pretrain_weight_decay", "finetune_weight_decay", "gradient_clip"):
+        checks.check_float(f"config.rrcm.{name}", block[name], non_negative=True)
+    checks.check_float("config.rrcm.layer_decay", block.layer_decay, positive=True, at_most=1.0)
+    checks.check_float("config.rrcm.ema_start", block.ema_start, non_negative=True, below=1.0)
+    checks.check_float("config.rrcm.ema_end", block.ema_end, non_negative=True, below=1.0)
+    if block.ema_end < block.ema_start:
+        checks.fail("config.rrcm.ema_end", block.ema_end, f"must be >= config.rrcm.ema_start={block.ema_start!r}")
+    if block.level_embedding_dim % 2:
+        checks.fail("config.rrcm.level_embedding_dim", block.level_embedding_dim, "must be even")
+    num_classes, image_shape = dataset_shape(config)
+    try:
+        build_network(block, num_classes, image_shape)
+    except ValueError as error:
+        raise checks.ConfigError(f"config.rrcm does not build a network for {image_shape} images: {error}") from None
+    low, high = SIGMA_MIN / 2, SIGMA_MAX / 2
+    for i, sigma in enumerate(config.sigmas):
+        if not low <= sigma <= high:
+            checks.fail(f"config.sigmas[{i}]", sigma,
+                        f"the rrcm method's noise schedule covers sigma in [{low:g}, {high:g}] (level 2 sigma on "
+                        f"[-1, 1] data in [{SIGMA_MIN:g}, {SIGMA_MAX:g}])")
+
+
+def pretrain_optimizer(block: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, block.pretrain_learning_rate, block.pretrain_warmup_steps,
+                                                  block.pretrain_steps)
+    adamw = optax.adamw(schedule, weight_decay=block.pretrain_weight_decay)
+    if block.gradient_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(block.gradient_clip), adamw)
+    return adamw
+
+
+def layer_index(path: tuple, depth: int) -> int:
+    """The layer of a fine-tuning parameter for layer-wise decay (see the module docstring)."""
+    names = [str(getattr(entry, "key", entry)) for entry in path]
+    for name in names:
+        match = re.fullmatch(r"block_(\d+)", name)
+        if match:
+            return int(match.group(1)) + 1
+    if "ln_final" in names or "head" in names:
+        return depth + 1
+    return 0
+
+
+def scale_by_layer(depth: int, layer_decay: float) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by layer_decay^(depth + 1 - layer_index)."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * layer_decay ** (depth + 1 - layer_index(path, depth)), updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def finetune_optimizer(block: ml_collections.ConfigDict, depth: int) -> optax.GradientTransformation:
+    schedule = optax.cosine_decay_schedule(block.finetune_learning_rate, block.finetune_steps)
+    adamw = optax.adamw(schedule, weight_decay=block.finetune_weight_decay)
+    if block.layer_decay < 1.0:
+        return optax.chain(adamw, scale_by_layer(depth, block.layer_decay))
+    return adamw
+
+
+def _finetune_loss(config, network, sigma):
+    return make_finetune_loss_fn(network, sigma=sigma, num_levels=config.rrcm.curriculum_end_levels,
+                                 consistency_lambda=config.consistency_lambda, consistency_eta=config.consistency_eta,
+                                 copies=config.consistency_copies, max_translation=config.max_translation)
+
+
+def pretrain(config: ml_collections.ConfigDict, data: StudyData, method_dir: str, mesh: Mesh):
+    """The pretraining's final TrainState (trained, or restored when finished)."""
+    block = config.rrcm
+    network = build_network(block, 0, data.image_shape)
+    steps = block.pretrain_steps
+    loss_fn = make_pretrain_loss_fn(
+        network,
+        curriculum=DiscretisationCurriculum(steps, block.curriculum_start_levels, block.curriculum_end_levels),
+        ema_schedule=EmaRateSchedule(steps, block.ema_start, block.ema_end),
+        temperature=block.temperature,
+    )
+    return train(workdir=os.path.join(method_dir, PRETRAIN_DIR),
+                 init_fn=make_pretrain_init_fn(network, data.image_shape), loss_fn=loss_fn,
+                 optimizer=pretrain_optimizer(block), batches=data.make_batches(block.pretrain_batch_size),
+                 loop=loop_config(config, num_steps=steps), mesh=mesh, desc="rrcm pretrain").state
+
+
+def fit(config: ml_collections.ConfigDict, data: StudyData, method_dir: str,
+        mesh: Mesh) -> dict[float, CertifiableClassifier]:
+    block = config.rrcm
+    pretrained = pretrain(config, data, method_dir, mesh)
+    network = build_network(block, data.num_classes, data.image_shape)
+    trained = {}
+    for sigma in config.sigmas:
+        state = train(
+            workdir=os.path.join(method_dir, sigma_name(sigma)),
+            init_fn=make_finetune_init_fn(network, data.image_shape, pretrained.params),
+            loss_fn=_finetune_loss(config, network, sigma),
+            optimizer=finetune_optimizer(block, network.backbone.depth),
+            batches=data.make_batches(block.finetune_batch_size),
+            loop=loop_config(config, num_steps=block.finetune_steps),
+            mesh=mesh,
+            desc=f"rrcm fine-tune {sigma_name(sigma)}",
+        ).state
+        trained[sigma] = CertifiableClassifier(
+            rrcm_apply_fn(network, sigma, block.curriculum_end_levels), {"params": state.params})
+    return trained
+
+
+def restore(config: ml_collections.ConfigDict, method_dir: str) -> dict[float, CertifiableClassifier]:
+    """The fine-tuned classifiers found in `method_dir` (sigmas not fine-tuned yet are left out)."""
+    block = config.rrcm
+    num_classes, image_shape = dataset_shape(config)
+    network = build_network(block, num_classes, image_shape)
+    restored = {}
+    for sigma in config.sigmas:
+        sigma_dir = os.path.join(method_dir, sigma_name(sigma))
+        if not os.path.isdir(os.path.join(sigma_dir, "checkpoints")):
+            continue
+        state = restore_latest_state(sigma_dir, make_finetune_init_fn(network, image_shape),
+                                     finetune_optimizer(block, network.backbone.depth), config.seed)
+        restored[sigma] = CertifiableClassifier(rrcm_apply_fn(network, sigma, block.curriculum_end_levels),
+                                                {"params": state.params})
+    return restored
+
+
+def history_path(config: ml_collections.ConfigDict, method_dir: str) -> str:
+    return os.path.join(method_dir, PRETRAIN_DIR, "metrics.jsonl")
