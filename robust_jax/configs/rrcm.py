@@ -1,8 +1,8 @@
 """Consistency denoising (rRCM) against diffusion-denoised smoothing and noise-trained classifiers: the smoothing
 study with every method on the same data, certified through the same path.
 
-Command (the path form until `rrcm` is accepted as a config name by core.config_loading):
-  python -m experiments.main --config=robust_jax/configs/rrcm.py:cpu --workdir=workdirs/rrcm
+Command:
+  python -m experiments.main --config=rrcm:cpu --workdir=workdirs/rrcm
 
 Methods (config.methods): gaussian, gaussian_consistency, denoised, rrcm (see robust_jax/smoothing/study.py); each is
 certified with CERTIFY (alpha = 0.001, n0 = 100) on the same test examples with the same noise, and its inference
@@ -39,7 +39,7 @@ engineers' jobs; everything runs 5-10x slower than on an idle machine):
   * inference cost per noise sample (experiments/benchmarks/rrcm_inference_cost.py, batch 1000, the certification
     apply_fns): gaussian 2.295 MFLOP / 97 us; denoised 13.639 MFLOP / 981 us; rrcm 1.866 MFLOP / 104 us.
     rrcm / denoised = 0.137 in FLOPs and 0.106 in time: below 1/5 both ways.
-  * the full preset did not finish within the session: under that load it needs well over an hour (the rrcm
+  * the full preset did not finish in the time it was given: under that load it needs well over an hour (the rrcm
     pretraining ran at ~1 step/s, the denoised certification alone needs 2.4 M samples at ~1 ms). Estimated on an idle
     machine from the parts: ~35-40 min, over the 25-minute target (the denoised method's certification is ~12 min).
   * proxy at sigma = 0.25 (same data and models; the fraction of every-3rd test digits whose noisy accuracy over

@@ -18,15 +18,19 @@ import ml_collections
 from robust_jax.core.checks import ConfigError
 
 CONFIG_PACKAGE = "robust_jax.configs"
+# Config files in robust_jax/configs beside the studies' own: each names the study it runs in config.study.
+EXTRA_CONFIGS = ("rrcm",)
 
 
-def config_module(study: str):
-    """The module `robust_jax/configs/<study>.py` (ConfigError naming the studies that have one)."""
+def config_module(name: str):
+    """The module `robust_jax/configs/<name>.py`: a study's config, or one of EXTRA_CONFIGS (ConfigError listing
+    them)."""
     from robust_jax.core.run import STUDIES
 
-    if study not in STUDIES:
-        raise ConfigError(f"config.study={study!r} is not allowed: must be one of {list(STUDIES)}")
-    return importlib.import_module(f"{CONFIG_PACKAGE}.{study}")
+    if name not in STUDIES and name not in EXTRA_CONFIGS:
+        raise ConfigError(f"config.study={name!r} is not allowed: must be one of {list(STUDIES)} "
+                          f"(or the config files {list(EXTRA_CONFIGS)})")
+    return importlib.import_module(f"{CONFIG_PACKAGE}.{name}")
 
 
 def _module_from_path(path: str):

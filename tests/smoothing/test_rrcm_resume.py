@@ -98,7 +98,7 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
 
 
-ARGS = ["--config=robust_jax/configs/rrcm.py:tiny", "--config.methods=('rrcm',)", "--config.sigmas=(0.5,)",
+ARGS = ["--config=rrcm:tiny", "--config.methods=('rrcm',)", "--config.sigmas=(0.5,)",
         "--config.rrcm.pretrain_steps=60", "--config.checkpoint_every=10", "--config.certify_every=120"]
 
 
