@@ -23,21 +23,23 @@ metrics["accuracy_per_dataset"][dataset][model]["missing=0.3"], their std over s
 the paper's claim is that LSDE/LNSDE/GSDE lose less than the naive SDE), accuracy.md and accuracy_vs_missing.png.
 Each (dataset, rate, model, seed) cell trains in its own sub-workdir, so an interrupted grid resumes.
 
-Measured (cpu preset, one run, jax 0.10.2 on the shared 2-core CPU): compiling the step and the evaluation once per
-(dataset, model) takes ~8-10 s and is reused by every missing rate and seed; an epoch (training + validation + test
-pass) then takes ~0.035 s (BasicMotions), ~0.05 s (ItalyPowerDemand), ~0.07 s (GunPoint); 47 epochs per cell on
-average (26 of 60 cells ran all 60). Test accuracy, mean over the three sets (one seed):
+Measured (cpu preset, one seed, jax 0.10.2, 2-core CPU; 2026-11-29, the same table bit for bit from the code
+before and after the cells moved onto the core train loop): compiling the step and the evaluation once per
+(dataset, model) takes ~8-10 s and is reused by every missing rate (the core caches the compiled step); an epoch
+(training + validation + test pass) takes ~0.035 s (BasicMotions) to ~0.07 s (GunPoint) on an idle machine
+(about 5 minutes in all; 11 minutes were measured under a load average of 6-15). Test accuracy, mean over the three
+sets:
 
   model       0%     30%    50%    70%    drop 0 -> 50%
-  lsde       0.944  0.844  0.848  0.792   +0.096
-  lnsde      0.940  0.924  0.880  0.852   +0.061
-  gsde       0.836  0.822  0.758  0.789   +0.078
-  naive_sde  0.918  0.898  0.678  0.823   +0.240
-  ncde       0.865  0.903  0.883  0.781   -0.018
+  lsde       0.940  0.846  0.850  0.790   +0.090
+  lnsde      0.942  0.922  0.878  0.852   +0.065
+  gsde       0.836  0.820  0.760  0.742   +0.076
+  naive_sde  0.924  0.894  0.676  0.831   +0.248
+  ncde       0.893  0.925  0.883  0.730   +0.010
 
-LSDE / LNSDE / GSDE lose less from 0% to 50% than the naive SDE (0.10 / 0.06 / 0.08 vs 0.24), as the paper claims,
-but the naive SDE's drop comes mostly from one cell (GunPoint at 50%: 0.53) and it recovers at 70% (0.82), the
-neural CDE loses nothing to 50%, and no run diverged. Test sets are small (12 / 30 / 165 series), so one series
+LSDE / LNSDE / GSDE lose less from 0% to 50% than the naive SDE (0.09 / 0.06 / 0.08 vs 0.25), as the paper claims,
+but the naive SDE's drop comes mostly from one cell (GunPoint at 50%: 0.53) and it recovers at 70% (0.83), the
+neural CDE loses almost nothing to 50%, and no run diverged. Test sets are small (12 / 30 / 165 series), so one series
 moves an accuracy by 0.083 / 0.033 / 0.006: with one seed these are indications, not a reproduction.
 """
 
