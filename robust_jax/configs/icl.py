@@ -16,8 +16,8 @@ Presets:
          0.35 / 52 / 894 at c = 1 / 2 / 3 (least squares ~1e-12), gpt2_error_at_2d 0.076 (2026-11-29: all
          798 metrics bit for bit the same before and after GPT-2 moved onto the study's core-loop functions).
          Runtime: 5.3 min on an idle 2-core CPU (GPT-2 at ~52 steps/s). GPT-2's number moves with float rounding:
-         0.063 before the attention was rewritten as einsums, 0.083 with whole-batch gradients, 0.080 in an
-         earlier run of the einsum code.
+         0.063 before the attention was rewritten as einsums, 0.083 with whole-batch gradients; the 0.080 recorded
+         earlier for the einsum code did not reproduce (the code before the change gives 0.076 too).
   paper  d = 20, N = 40, ZFB's setting; GPT-2 standard (12/8/256), 500k steps at 1e-4 (for accelerators).
 
 Results: results.json metrics and errors_<shift>.png (error against the number of in-context examples).
