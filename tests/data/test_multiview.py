@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from robust_jax.data import multiview as mv
+from robust_jax.data.multiview import dataset as multiview_dataset
 from robust_jax.data.multiview import render
 from robust_jax.data.multiview.render import Primitive
 
@@ -52,7 +53,7 @@ def test_cache_hit_returns_the_same_arrays(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("cache miss: the dataset was generated again")
 
-    monkeypatch.setattr(mv, "_generate", must_not_run)
+    monkeypatch.setattr(multiview_dataset, "_generate", must_not_run)
     cached = mv.make_multiview_dataset(**settings)
     assert set(cached) == set(generated)
     for name in generated:
