@@ -34,8 +34,8 @@ Presets:
 Output: certified_accuracy.{md,csv,png} (every method, one table and one plot), inference_cost.json, and
 results.json metrics["certified_accuracy"][method]["sigma=0.25"]["r=0.5"], metrics["inference_flops_per_sample"][method].
 
-MEASURED (cpu preset), 2026-11-29, on the project's shared 2-core CPU under a load average of 12-17 (three
-engineers' jobs; everything runs 5-10x slower than on an idle machine):
+MEASURED (cpu preset), 2026-11-29, on the project's shared 2-core CPU under a load average of 12-17 (other
+jobs on the machine; everything runs 5-10x slower than on an idle machine):
   * inference cost per noise sample (experiments/benchmarks/rrcm_inference_cost.py, batch 1000, the certification
     apply_fns): gaussian 2.295 MFLOP / 97 us; denoised 13.639 MFLOP / 981 us; rrcm 1.866 MFLOP / 104 us.
     rrcm / denoised = 0.137 in FLOPs and 0.106 in time: below 1/5 both ways.
