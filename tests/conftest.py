@@ -1,9 +1,21 @@
-"""Test set-up: JAX sees 8 CPU devices, so sharded code is tested on one machine."""
+"""Test set-up: JAX sees 8 CPU devices, so sharded code is tested on one machine, and every test process of one
+suite run (the pytest workers and the runs the tests start with subprocess) shares one persistent compilation cache,
+so a function compiled by one test is loaded, not compiled again, by the next (the suite is compile-bound)."""
+import atexit
 import os
+import shutil
+import tempfile
 import zlib
 
-# Must happen before JAX initialises its backends.
+# Must happen before JAX initialises its backends. The cache directory is made by the first process of the run
+# (the pytest-xdist controller when there is one) and inherited through the environment by everything it starts.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="robust_jax_test_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
