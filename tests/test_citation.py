@@ -1,4 +1,5 @@
-"""CITATION.cff is valid CFF 1.2.0 (the JSON schema cffconvert ships) and agrees with pyproject.toml and the notebooks."""
+"""CITATION.cff is valid CFF 1.2.0 (the JSON schema cffconvert ships) and agrees with pyproject.toml, the README and
+the notebooks."""
 
 import copy
 import importlib.resources
@@ -54,8 +55,12 @@ def test_license_and_version_match_pyproject(citation):
     assert citation["version"] == project["version"]
 
 
-def test_the_repository_url_is_the_one_the_notebooks_install_from(citation):
+def test_the_repository_url_is_the_one_the_readme_badges_and_the_notebooks_use(citation):
     url = citation["repository-code"]
+    slug = url.removeprefix("https://github.com/")
+    readme = (ROOT / "README.md").read_text()
+    for notebook in sorted((ROOT / "colabs").glob("*.ipynb")):
+        assert f"https://colab.research.google.com/github/{slug}/blob/main/colabs/{notebook.name}" in readme
     for notebook in sorted((ROOT / "colabs").glob("*.ipynb")):
         assert f"git+{url}.git" in notebook.read_text(), notebook.name
 
