@@ -7,10 +7,9 @@ import os
 import pathlib
 import time
 
-import pytest
-
 import nbclient
 import nbformat
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLABS = ROOT / "colabs"
