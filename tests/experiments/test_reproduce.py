@@ -113,3 +113,20 @@ def test_killed_reproduction_reruns_only_the_unfinished_study(tmp_path):
     assert f"| {reproduce._number(digits_metrics['test_accuracy'])} (`test_accuracy`) |" in report
     assert json.loads((tmp_path / "results" / "digits.json").read_text()) == json.loads(finished)
     assert "read from earlier runs: 1" in report
+
+
+def test_sde_and_smoothing_figures_name_entries_their_cpu_presets_produce():
+    """The metric paths, against the keys the studies build from their cpu configs (names from the studies)."""
+    import robust_jax
+    from robust_jax.sde.study import rate_name
+    from robust_jax.smoothing.study import sigma_name
+
+    sde = robust_jax.get_config("sde", "cpu")
+    smoothing = robust_jax.get_config("smoothing", "cpu")
+    produced = {f"accuracy/{m}/{rate_name(r)}" for m in sde.models for r in sde.missing_rates}
+    produced |= {f"drop_0_to_50/{m}" for m in sde.models}
+    produced |= {f"certified_accuracy/{method}/{row}/r={radius:g}" for method in smoothing.methods
+                 for row in [*(sigma_name(s) for s in smoothing.sigmas), "best"] for radius in smoothing.radii}
+    figures = [entry for entry in reproduce.load_figures()["figure"] if entry["study"] in ("sde", "smoothing")]
+    paths = [entry[key] for entry in figures for key in ("metric", "minus") if key in entry]
+    assert len(paths) == 13 and set(paths) <= produced, sorted(set(paths) - produced)
