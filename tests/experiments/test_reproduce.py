@@ -74,7 +74,9 @@ def _command(tmp_path):
 
 
 def _env():
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
+    # Compiling dominates the tiny presets; XLA's CPU backend at optimisation level 0 compiles about twice as fast.
+    xla_flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1", "XLA_FLAGS": xla_flags}
 
 
 @pytest.mark.slow
