@@ -1,16 +1,31 @@
-"""Runs every study's default preset and writes results/REPORT.md (with the studies' plots beside it).
+"""Runs every study's default preset and writes results/REPORT.md: per study its figures against the papers' (from
+experiments/paper_figures.toml), its plots and its settings.
 
   python -m experiments.reproduce [--preset=cpu] [--studies=digits,...] [--workdir_root=workdirs] [--out=results]
+                                  [--benchmarks=results/benchmarks]
 
-Each study runs in its own workdir, so an interrupted reproduction resumes where it stopped.
+Each study runs in its own workdir (<workdir_root>/<study>_<preset>). A workdir that already holds a finished run of
+the same config (config.json equal, results.json written) is read, not run again; an interrupted one resumes from
+its checkpoints. So a killed reproduction, started again, runs only what is left and reports the finished studies'
+numbers unchanged. Progress goes to stderr, one line per study: "study k/N: name, ETA ...".
+
+Benchmark outputs saved in --benchmarks (e.g. `python -m experiments.benchmarks.icl_throughput >
+results/benchmarks/icl_throughput.txt`; every JSON line of every file there is read) add a last section with
+their ratios to the PyTorch references of paper_figures.toml.
 """
 
 from __future__ import annotations
 
+import datetime
+import glob
 import json
+import math
 import os
+import platform
 import shutil
 import sys
+import time
+import tomllib
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -18,46 +33,272 @@ from absl import logging as absl_logging
 from robust_jax.core.config_loading import load_config
 from robust_jax.core.run import STUDIES, run_study
 
+FIGURES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_figures.toml")
+COMPARISONS = ("at_least", "at_most", "within", "none")
+
 _PRESET = flags.DEFINE_string("preset", "cpu", "Preset to run for every study")
 _STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run")
 _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", "workdirs", "Parent of the per-study workdirs")
 _OUT = flags.DEFINE_string("out", "results", "Where REPORT.md and the plots go")
+_BENCHMARKS = flags.DEFINE_string("benchmarks", None, "Folder of saved benchmark outputs (default <out>/benchmarks)")
 
 
-def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
-    rows = []
-    for name, value in metrics.items():
-        if isinstance(value, dict):
-            rows += _flatten(value, f"{prefix}{name}.")
+# ------------------------------------------------------------------------------------------------ the comparison
+def load_figures(path: str = FIGURES_PATH) -> dict:
+    """{"figure": [...], "benchmark": [...]} from paper_figures.toml, every figure checked once."""
+    with open(path, "rb") as f:
+        figures = tomllib.load(f)
+    for i, entry in enumerate(figures.get("figure", [])):
+        where = f"{path}: figure {i} ({entry.get('name')!r})"
+        missing = [key for key in ("study", "name", "paper", "source", "setting", "figure", "metric", "compare")
+                   if key not in entry]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}")
+        if entry["study"] not in STUDIES:
+            raise ValueError(f"{where}: study {entry['study']!r} is not one of {list(STUDIES)}")
+        if entry["compare"] not in COMPARISONS:
+            raise ValueError(f"{where}: compare {entry['compare']!r} is not one of {list(COMPARISONS)}")
+        if entry["compare"] != "none" and "value" not in entry and "value_metric" not in entry \
+                and "threshold" not in entry:
+            raise ValueError(f"{where}: compare {entry['compare']!r} needs a value, value_metric or threshold")
+    return figures
+
+
+def metric_at(metrics: dict, path: str):
+    """The value at "a/b/c" in the metrics, or None where the run has no such entry."""
+    value = metrics
+    for key in path.split("/"):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def compare_figure(entry: dict, metrics: dict) -> dict:
+    """One row of a study's comparison: {"ours", "paper", "gap", "holds"} with holds "yes", "no" or "n.a."."""
+    ours = metric_at(metrics, entry["metric"])
+    if ours is not None and "minus" in entry:
+        subtracted = metric_at(metrics, entry["minus"])
+        ours = None if subtracted is None else ours - subtracted
+    paper = entry.get("value")
+    if "value_metric" in entry:
+        base = metric_at(metrics, entry["value_metric"])
+        paper = None if base is None else base * entry.get("factor", 1.0)
+    threshold = entry.get("threshold", paper)
+    relative = entry.get("relative", False)
+    gap = None
+    if ours is not None and paper is not None:
+        gap = (ours / paper - 1.0 if paper else math.inf) if relative else ours - paper
+    holds = "n.a."
+    if ours is not None and threshold is not None and entry["compare"] != "none":
+        tolerance = entry.get("tolerance", 0.0)
+        if entry["compare"] == "at_least":
+            ok = ours >= threshold - tolerance
+        elif entry["compare"] == "at_most":
+            ok = ours <= threshold + tolerance
+        elif relative:
+            ok = threshold != 0 and abs(ours / threshold - 1.0) <= tolerance
         else:
-            rows.append((f"{prefix}{name}", value))
-    return rows
+            ok = abs(ours - threshold) <= tolerance
+        holds = "yes" if ok else "no"
+    return {"ours": ours, "paper": paper, "gap": gap, "holds": holds, "relative": relative}
+
+
+def _number(value) -> str:
+    if value is None:
+        return "n.a."
+    if value == 0 or 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4g}"
+    return f"{value:.3g}"
+
+
+def _rule(entry: dict) -> str:
+    if entry["compare"] == "none":
+        return "another setting: not judged"
+    tolerance = entry.get("tolerance", 0.0)
+    bound = "the figure" if "threshold" not in entry else _number(entry["threshold"])
+    sign = {"at_least": "≥", "at_most": "≤"}.get(entry["compare"])
+    if sign:
+        return f"ours {sign} {bound}" + (f" {'-' if sign == '≥' else '+'} {_number(tolerance)}" if tolerance else "")
+    if entry.get("relative"):
+        return f"within {tolerance:.0%} of {bound}"
+    return f"within {_number(tolerance)} of {bound}"
+
+
+def comparison_table(study: str, figures: list[dict], metrics: dict) -> list[str]:
+    """Markdown lines: the study's figures against its results (or a line saying there are none)."""
+    entries = [entry for entry in figures if entry["study"] == study]
+    if not entries:
+        return [f"No paper figures are listed for {study} in experiments/paper_figures.toml."]
+    lines = ["| what | paper/theory figure (source; setting) | ours | gap | claim holds (rule) |",
+             "|---|---|---|---|---|"]
+    for entry in entries:
+        row = compare_figure(entry, metrics)
+        metric = entry["metric"] + (f" − {entry['minus']}" if "minus" in entry else "")
+        ours = "not in this run" if row["ours"] is None else _number(row["ours"])
+        gap = "n.a." if row["gap"] is None else (f"{row['gap']:+.1%}" if row["relative"] else
+                                                 f"{row['gap']:+.3g}")
+        lines.append(f"| {entry['name']} | {entry['figure']} ({entry['paper']}, {entry['source']}; "
+                     f"{entry['setting']}) | {ours} (`{metric}`) | {gap} | {row['holds']} ({_rule(entry)}) |")
+    return lines
+
+
+def benchmark_section(benchmarks_dir: str, references: list[dict]) -> list[str]:
+    """Markdown lines on the saved benchmark outputs (none if there are none): each figure with the reference's and
+    their ratio (>1: ours faster), and the same-run ratios a benchmark printed itself."""
+    measured, same_run = {}, {}
+    for path in sorted(glob.glob(os.path.join(benchmarks_dir, "*"))):
+        if not os.path.isfile(path):
+            continue
+        with open(path, errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and "benchmark" in record and isinstance(record.get("results"), dict):
+                    measured[record["benchmark"]] = (record["results"], os.path.basename(path))
+                elif isinstance(record, dict) and isinstance(record.get("details"), dict):
+                    same_run[os.path.basename(path)] = {
+                        key: value for key, value in record["details"].items()
+                        if "speedup" in key and isinstance(value, (int, float))}
+    if not measured:
+        return []
+    lines = ["## Benchmarks", "", f"Saved outputs in `{benchmarks_dir}`; references from "
+             "experiments/benchmarks/README.md (PyTorch on the same 2-core CPU). Ratio > 1: ours is faster.", "",
+             "| benchmark | figure | ours | reference | ratio |", "|---|---|---|---|---|"]
+    for reference in references:
+        results, _ = measured.get(reference["benchmark"], ({}, None))
+        ours = results.get(reference["result"])
+        if not isinstance(ours, (int, float)) or not ours:
+            continue
+        ratio = ours / reference["reference"] if reference["higher_is_better"] else reference["reference"] / ours
+        lines.append(f"| {reference['benchmark']} | {reference['what']} (`{reference['result']}`) | "
+                     f"{_number(ours)} | {_number(reference['reference'])} | {ratio:.2f}x |")
+    for name, ratios in sorted(same_run.items()):
+        if ratios:
+            lines += ["", f"Measured against PyTorch in the same run ({name}): "
+                      + ", ".join(f"{key} {value:.2f}x" for key, value in sorted(ratios.items()))]
+    return lines + [""]
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def finished_results(config, workdir: str) -> dict | None:
+    """results.json of a finished run of this very config in workdir, else None."""
+    config_path, results_path = os.path.join(workdir, "config.json"), os.path.join(workdir, "results.json")
+    if not (os.path.exists(config_path) and os.path.exists(results_path)):
+        return None
+    with open(config_path) as f:
+        if json.load(f) != json.loads(config.to_json_best_effort()):
+            return None  # run_study refuses such a workdir, naming the fields that differ
+    with open(results_path) as f:
+        return json.load(f)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _hardware() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    import jax
+
+    devices = jax.devices()
+    return (f"{os.cpu_count()} CPU cores ({model}); JAX devices: {len(devices)} x {devices[0].device_kind} "
+            f"({devices[0].platform})")
+
+
+def _copy_plots(study: str, workdir: str, out: str) -> list[str]:
+    lines = []
+    for path in sorted(glob.glob(os.path.join(workdir, "**", "*.png"), recursive=True)):
+        relative = os.path.relpath(path, workdir)
+        name = f"{study}_{relative.replace(os.sep, '_')}"
+        shutil.copy(path, os.path.join(out, name))
+        lines += [f"![{study} {relative}]({name})", ""]
+    return lines or ["(this study wrote no plots)", ""]
 
 
 def main(argv):
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    os.makedirs(_OUT.value, exist_ok=True)
-    sections = ["# robust_jax reproduction report", ""]
-    for study in _STUDIES.value:
-        config = load_config(f"{study}:{_PRESET.value}")
-        workdir = os.path.join(_WORKDIR_ROOT.value, f"{study}_{_PRESET.value}")
-        print(f"== {study} ({_PRESET.value}) -> {workdir}", file=sys.stderr, flush=True)
-        results = run_study(config, workdir)
-        sections += [f"## {study} (preset `{_PRESET.value}`)", "", "| metric | value |", "|---|---|"]
-        for name, value in _flatten(results["metrics"]):
-            sections.append(f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |")
-        sections += ["", f"wall time {results['wall_s']:.1f} s on {results['devices']} device(s), "
-                     f"JAX {results['jax_version']}", ""]
-        for name in sorted(os.listdir(workdir)):
-            if name.endswith(".png"):
-                shutil.copy(os.path.join(workdir, name), os.path.join(_OUT.value, f"{study}_{name}"))
-                sections += [f"![{study} {name}]({study}_{name})", ""]
-        with open(os.path.join(_OUT.value, f"{study}.json"), "w") as f:
+    import jax
+
+    start = time.perf_counter()
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    load_at_start = os.getloadavg()
+    figures = load_figures()
+    preset, studies = _PRESET.value, list(_STUDIES.value)
+    out = _OUT.value
+    os.makedirs(out, exist_ok=True)
+    plan = []
+    for study in studies:
+        config = load_config(f"{study}:{preset}")
+        workdir = os.path.join(_WORKDIR_ROOT.value, f"{study}_{preset}")
+        plan.append((study, config, workdir, finished_results(config, workdir)))
+
+    sections, run_seconds = [], []
+    for k, (study, config, workdir, results) in enumerate(plan, start=1):
+        left = sum(1 for _, _, _, done in plan[k - 1:] if done is None)
+        if not left:
+            eta = "0:00"
+        elif run_seconds:
+            eta = _duration(sum(run_seconds) / len(run_seconds) * left)
+        else:
+            eta = "after the first study"
+        if results is not None:
+            print(f"study {k}/{len(plan)}: {study}, ETA {eta} (finished earlier: reading {workdir}/results.json)",
+                  file=sys.stderr, flush=True)
+            how = f"read from an earlier run in `{workdir}`"
+        else:
+            print(f"study {k}/{len(plan)}: {study}, ETA {eta} (running {preset} in {workdir})", file=sys.stderr,
+                  flush=True)
+            study_start = time.perf_counter()
+            results = run_study(config, workdir)
+            run_seconds.append(time.perf_counter() - study_start)
+            how = f"run now in `{workdir}`"
+        with open(os.path.join(out, f"{study}.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
-    with open(os.path.join(_OUT.value, "REPORT.md"), "w") as f:
-        f.write("\n".join(sections) + "\n")
-    print(f"wrote {os.path.join(_OUT.value, 'REPORT.md')}", file=sys.stderr)
+        sections += [f"## {study} (preset `{preset}`)", "", *comparison_table(study, figures.get("figure", []),
+                                                                               results["metrics"]), ""]
+        sections += ["### Plots", "", *_copy_plots(study, workdir, out)]
+        with open(os.path.join(workdir, "config.json")) as f:
+            settings = json.load(f)
+        sections += ["### Settings", "",
+                     f"Wall time {_duration(results['wall_s'])} on {results['devices']} device(s), JAX "
+                     f"{results['jax_version']}; {how}.", "",
+                     "<details><summary>config</summary>", "", "```json",
+                     json.dumps(settings, indent=2, sort_keys=True), "```", "", "</details>", "",
+                     "<details><summary>all metrics</summary>", "", "```json",
+                     json.dumps(results["metrics"], indent=2, sort_keys=True), "```", "", "</details>", ""]
+
+    benchmarks_dir = _BENCHMARKS.value or os.path.join(out, "benchmarks")
+    benchmarks = benchmark_section(benchmarks_dir, figures.get("benchmark", []))
+    total = time.perf_counter() - start
+    header = [
+        "# robust_jax reproduction report", "",
+        f"- date: {started_at:%Y-%m-%d %H:%M} UTC",
+        f"- hardware: {_hardware()}",
+        f"- load average at the start / end: {load_at_start[0]:.1f} / {os.getloadavg()[0]:.1f}",
+        f"- JAX {jax.__version__}, Python {platform.python_version()}",
+        f"- preset `{preset}`; studies: {', '.join(studies)}",
+        f"- total time {_duration(total)} (studies run now: {len(run_seconds)}; read from earlier runs: "
+        f"{len(plan) - len(run_seconds)})",
+        "",
+        "Each study's table compares its results.json with the papers' headline figures "
+        "(experiments/paper_figures.toml). \"claim holds\" judges the rule in brackets; \"n.a.\" where the setting "
+        "differs (another dataset or model size) or the run lacks the entry.", "",
+    ]
+    with open(os.path.join(out, "REPORT.md"), "w") as f:
+        f.write("\n".join(header + sections + benchmarks) + "\n")
+    print(f"wrote {os.path.join(out, 'REPORT.md')} ({_duration(total)})", file=sys.stderr)
 
 
 if __name__ == "__main__":
