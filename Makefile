@@ -21,7 +21,7 @@ reproduce: $(VENV)/.installed
 	$(PY) -m experiments.reproduce
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=10
 
 clean:
 	rm -rf $(VENV)
