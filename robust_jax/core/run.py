@@ -3,8 +3,8 @@
 A study is a package `robust_jax.<study>` listed in `STUDIES`, with a config file `robust_jax/configs/<study>.py`
 and a module `robust_jax.<study>.study` that has
   * `check_config(config)`: the study's own fields (the train block is checked here, for every study),
-  * `run(config, workdir) -> {"metrics": ...}`: the study's results only (no timings), so two runs of the same
-    config compare equal,
+  * `run(config, workdir, *, mesh=None) -> {"metrics": ...}`: the study's results only (no timings), so two runs of
+    the same config compare equal; `mesh` is the 1-D data mesh to run on (default: every device),
   * `restore(config, workdir) -> (model, params, metrics_path)`: the trained model of a run and the metrics.jsonl
     of its main training, for `load_run`,
   * optionally `AUTO_BATCH_SIZE = True` when batch_size 0 means "the study's rule".
@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from jax.sharding import Mesh
 
 from robust_jax.core.checks import ConfigError
 from robust_jax.core.config import check_train_block
@@ -35,15 +36,16 @@ def load_study(name):
     return importlib.import_module(f"robust_jax.{name}.study")
 
 
-def check(config: ml_collections.ConfigDict, workdir: str | None = None):
+def check(config: ml_collections.ConfigDict, workdir: str | None = None, *, mesh: Mesh | None = None):
     """Every check that can fail before work starts, run once; returns the study module.
 
-    A workdir that already holds a run of a different config is refused: resuming it would mix two experiments.
+    Batch sizes are checked against the devices of `mesh` (default: every device). A workdir that already holds a
+    run of a different config is refused: resuming it would mix two experiments.
     """
     if "study" not in config:
         raise ConfigError("config.study is missing: the config must name its study")
     study = load_study(config.study)
-    device_count = jax.device_count()
+    device_count = jax.device_count() if mesh is None else mesh.size
     check_train_block(config, device_count, auto_batch_size=getattr(study, "AUTO_BATCH_SIZE", False))
     study.check_config(config, device_count)
     saved = os.path.join(workdir, "config.json") if workdir else None
@@ -60,20 +62,21 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None):
     return study
 
 
-def run_checked(study, config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs a study whose config `check` passed (resuming if the workdir holds checkpoints); returns results."""
+def run_checked(study, config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
+    """Runs a study whose config `check` passed (resuming if the workdir holds checkpoints) on `mesh` (default: a
+    data mesh over every device); returns results."""
     start = time.perf_counter()
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    output = study.run(config, workdir)
+    output = study.run(config, workdir, mesh=mesh)
     results = {
         "study": config.study,
         "preset": config.get("preset", None),
         "metrics": output["metrics"],
         "wall_s": time.perf_counter() - start,
-        "devices": jax.device_count(),
+        "devices": jax.device_count() if mesh is None else mesh.size,
         "jax_version": jax.__version__,
     }
     if jax.process_index() == 0:
@@ -85,10 +88,13 @@ def run_checked(study, config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run_study(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     """Checks the config once, then runs the study in `workdir` (resuming if it holds checkpoints); returns the
-    results (also written to `workdir/results.json`). What `python -m experiments.main` does."""
-    return run_checked(check(config, workdir), config, workdir)
+    results (also written to `workdir/results.json`). What `python -m experiments.main` does.
+
+    mesh: the devices to run on, as a 1-D data mesh (`robust_jax.core.mesh.make_data_mesh(devices)`); default every
+    device of every process."""
+    return run_checked(check(config, workdir, mesh=mesh), config, workdir, mesh=mesh)
 
 
 @dataclasses.dataclass

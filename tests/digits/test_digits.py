@@ -20,8 +20,8 @@ def test_splits_are_stratified_and_in_unit_range():
 
 
 @pytest.mark.slow
-def test_cpu_preset_reaches_95_percent(tmp_path):
-    results = run_study(digits.get_config("cpu"), str(tmp_path))
+def test_cpu_preset_reaches_95_percent(tmp_path, one_device):
+    results = run_study(digits.get_config("cpu"), str(tmp_path), mesh=one_device)
     assert results["metrics"]["test_accuracy"] >= 0.95
     written = json.loads((tmp_path / "results.json").read_text())
     assert set(written) == {"study", "preset", "metrics", "wall_s", "devices", "jax_version"}

@@ -8,9 +8,9 @@ from robust_jax.core.run import run_study
 from robust_jax.icl import study, theory
 
 
-def test_tiny_study_runs_and_reports(tmp_path):
+def test_tiny_study_runs_and_reports(tmp_path, one_device):
     config = icl.get_config("tiny")
-    metrics = run_study(config, str(tmp_path))["metrics"]
+    metrics = run_study(config, str(tmp_path), mesh=one_device)["metrics"]
     for name in ("lsa_minimum_rel_err", "lsa_zero_entries_max_rel", "lsa_test_mse", "theory_test_mse",
                  "varying_minimum_rel_err", "covariate_scale_table", "shift_table"):
         assert name in metrics

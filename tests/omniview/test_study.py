@@ -129,11 +129,11 @@ def test_bad_config_on_the_command_line_exits_2_before_writing(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_preset_end_to_end_every_variant(tmp_path):
+def test_tiny_preset_end_to_end_every_variant(tmp_path, one_device):
     """Every variant on the tiny preset (about 2-4 minutes on 2 cores): the results layout, the table files, load_run."""
     config = _tiny(data_cache_dir=str(tmp_path / "cache"))
     workdir = tmp_path / "run"
-    metrics = run_study(config, str(workdir))["metrics"]
+    metrics = run_study(config, str(workdir), mesh=one_device)["metrics"]
     models = {"base", *omniview_config.ALL_VARIANTS}
     splits = {"canonical", "viewpoint_ood", "corrupted", "ood_below", "ood_above", "ood_behind", "ood_rolled"}
     assert set(metrics["zero_shot_top1"]) == models

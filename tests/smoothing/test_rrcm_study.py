@@ -27,9 +27,9 @@ def _recount(tsv_path, radius):
 
 
 @pytest.mark.slow
-def test_tiny_preset_certifies_every_method_on_one_path_and_resumes(tmp_path):
+def test_tiny_preset_certifies_every_method_on_one_path_and_resumes(tmp_path, one_device):
     config = rrcm.get_config("tiny")
-    results = run_study(config, str(tmp_path))
+    results = run_study(config, str(tmp_path), mesh=one_device)
     metrics = results["metrics"]
     assert list(metrics["certified_accuracy"]) == METHODS
     examples = len(range(0, 360, config.certify_every))
@@ -69,7 +69,7 @@ def test_tiny_preset_certifies_every_method_on_one_path_and_resumes(tmp_path):
                  "denoised/denoiser.safetensors", "denoised/classifier/checkpoints"):
         assert (tmp_path / name).exists()
 
-    again = run_study(config, str(tmp_path))  # everything restored: the same metrics, no new TSV lines
+    again = run_study(config, str(tmp_path), mesh=one_device)  # everything restored: the same metrics, no new TSV lines
     assert again["metrics"] == metrics
 
 
@@ -100,7 +100,7 @@ def test_cifar10_preset_builds_vit_b4_with_the_closed_form_parameter_count():
 
 
 @pytest.mark.slow
-def test_cifar10_preset_pretrains_and_fine_tunes_on_mock_tfds(tmp_path):
+def test_cifar10_preset_pretrains_and_fine_tunes_on_mock_tfds(tmp_path, one_device):
     """The cifar10 preset's rrcm path (tfds + grain stream, ViT-B/4 at 32x32, AdamW with clipping and layer-wise
     decay, certification of every k-th test image): two pretraining and two fine-tuning steps at batch 8. The
     encoder keeps the preset's width, heads, MLP and patches but one block instead of 12, so that a CPU runs it in
@@ -118,7 +118,7 @@ def test_cifar10_preset_pretrains_and_fine_tunes_on_mock_tfds(tmp_path):
     config.log_every = 1
     config.n0, config.n, config.certify_batch_size, config.certify_every = 8, 16, 16, 5
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-        results = run_study(config, str(tmp_path))
+        results = run_study(config, str(tmp_path), mesh=one_device)
     history = [json.loads(line) for line in open(tmp_path / "rrcm" / "pretrain" / "metrics.jsonl")]
     assert [row["step"] for row in history] == [1, 2]
     assert all(np.isfinite(row["loss"]) for row in history)

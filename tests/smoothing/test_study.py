@@ -31,7 +31,7 @@ def test_tiny_study_reports_every_sigma_and_radius(tmp_path):
     assert again["metrics"] == json.loads((tmp_path / "results.json").read_text())["metrics"] == results["metrics"]
 
 
-def test_cifar10_preset_runs_on_mock_tfds_with_folded_resnet(tmp_path):
+def test_cifar10_preset_runs_on_mock_tfds_with_folded_resnet(tmp_path, one_device):
     """The cifar10 preset's path (tfds + grain training stream, ResNet with BatchNorm, SGD step schedule, certification
     of every k-th test image through the folded network), shrunk to seconds on tfds's mock data."""
     tfds = pytest.importorskip("tensorflow_datasets")
@@ -46,7 +46,7 @@ def test_cifar10_preset_runs_on_mock_tfds_with_folded_resnet(tmp_path):
     config.checkpoint_every = 2
     config.n0, config.n, config.certify_batch_size, config.certify_every = 8, 16, 16, 3
     with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-        results = run_study(config, str(tmp_path))
+        results = run_study(config, str(tmp_path), mesh=one_device)
     assert results["metrics"]["certified_examples"] == 4  # test indices 0, 3, 6, 9 of the 10 mock records
     assert list(config.methods) == ["gaussian"]
     lines = (tmp_path / "gaussian" / "certify_sigma0.25.tsv").read_text().splitlines()
