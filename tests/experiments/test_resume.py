@@ -64,9 +64,9 @@ def test_sigkill_mid_sde_cell_then_rerun_is_bitwise_identical(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_icl_gpt2_training_then_rerun_is_bitwise_identical(tmp_path):
-    args = ["--config=icl:tiny", "--config.shifts=('none',)", "--config.num_steps=400",
-            "--config.checkpoint_every=40"]
+    args = ["--config=icl:tiny", "--config.shifts=('none',)", "--config.num_steps=200",
+            "--config.checkpoint_every=20"]
     whole = _run(args, tmp_path / "whole")
     killed = tmp_path / "killed"
-    _kill_after_checkpoint(args, killed, killed / "gpt2" / "checkpoints", first=40, last=400)
+    _kill_after_checkpoint(args, killed, killed / "gpt2" / "checkpoints", first=20, last=200)
     _assert_same_results(whole, _run(args, killed))
