@@ -20,8 +20,12 @@ def test_splits_are_stratified_and_in_unit_range():
 
 
 @pytest.mark.slow
-def test_cpu_preset_reaches_95_percent(tmp_path, one_device):
-    results = run_study(digits.get_config("cpu"), str(tmp_path), mesh=one_device)
+def test_cpu_preset_passes_95_percent_within_400_steps(tmp_path, one_device):
+    """The cpu preset's model and optimiser, stopped at 400 of its 1,500 steps (measured: 0.978; the whole preset
+    gives about 0.98, see configs/digits.py)."""
+    config = digits.get_config("cpu")
+    config.num_steps = 400
+    results = run_study(config, str(tmp_path), mesh=one_device)
     assert results["metrics"]["test_accuracy"] >= 0.95
     written = json.loads((tmp_path / "results.json").read_text())
     assert set(written) == {"study", "preset", "metrics", "wall_s", "devices", "jax_version"}

@@ -99,7 +99,7 @@ def _env():
 
 
 ARGS = ["--config=rrcm:tiny", "--config.methods=('rrcm',)", "--config.sigmas=(0.5,)",
-        "--config.rrcm.pretrain_steps=60", "--config.checkpoint_every=10", "--config.certify_every=120"]
+        "--config.rrcm.pretrain_steps=30", "--config.checkpoint_every=5", "--config.certify_every=120"]
 
 
 def _command(workdir):
@@ -119,7 +119,7 @@ def _pretrained(workdir):
     from robust_jax.smoothing.rrcm_losses import make_pretrain_init_fn
 
     block = rrcm.get_config("tiny").rrcm
-    block.pretrain_steps = 60
+    block.pretrain_steps = 30
     network = rrcm_method.build_network(block, 0, (8, 8, 1))
     state = restore_latest_state(str(workdir / "rrcm" / "pretrain"), make_pretrain_init_fn(network, (8, 8, 1)),
                                  rrcm_method.pretrain_optimizer(block))
@@ -136,16 +136,16 @@ def test_sigkill_mid_pretraining_then_rerun_is_bitwise_identical(tmp_path):
     deadline = time.time() + 400
     while time.time() < deadline and process.poll() is None:
         steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
-        if any(10 <= step < 60 for step in steps):
+        if any(5 <= step < 30 for step in steps):
             break
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "results.json").exists(), "the run finished before it could be killed"
-    assert not (killed / "rrcm" / "pretrain" / "checkpoints" / "60").exists()
+    assert not (killed / "rrcm" / "pretrain" / "checkpoints" / "30").exists()
     resumed = _run(killed)
     assert resumed["metrics"] == whole["metrics"]
     for a, b in zip(jax.tree.leaves(_pretrained(tmp_path / "whole")), jax.tree.leaves(_pretrained(killed))):
         np.testing.assert_array_equal(a, b)
     history = [json.loads(line)["step"] for line in open(killed / "rrcm" / "pretrain" / "metrics.jsonl")]
-    assert history == sorted(set(history)) and history[-1] == 60
+    assert history == sorted(set(history)) and history[-1] == 30

@@ -29,6 +29,7 @@ def _recount(tsv_path, radius):
 @pytest.mark.slow
 def test_tiny_preset_certifies_every_method_on_one_path_and_resumes(tmp_path, one_device):
     config = rrcm.get_config("tiny")
+    config.sigmas = (0.5,)  # one sigma: the per-sigma paths are the same for each (several: tests/smoothing/test_study.py)
     results = run_study(config, str(tmp_path), mesh=one_device)
     metrics = results["metrics"]
     assert list(metrics["certified_accuracy"]) == METHODS
