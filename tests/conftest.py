@@ -39,3 +39,9 @@ def one_device():
     from robust_jax.core.mesh import make_data_mesh
 
     return make_data_mesh(jax.devices()[:1])
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow first, so that the two pytest-xdist workers start on the long ones and the short ones
+    fill the gaps at the end (otherwise a long test collected late leaves one worker idle while it runs)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -1,5 +1,6 @@
 """The same training run on 1 device and on 8 CPU devices gives the same parameters."""
 
+import pytest
 import jax
 import numpy as np
 
@@ -14,6 +15,7 @@ def _train(workdir, devices, **overrides):
     return study.run(config, str(workdir), mesh=make_data_mesh(devices))
 
 
+@pytest.mark.slow
 def test_one_device_matches_eight(tmp_path):
     assert jax.device_count() == 8
     one = _train(tmp_path / "one", jax.devices()[:1], noise_sigma=0.25)

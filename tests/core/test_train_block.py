@@ -69,6 +69,7 @@ def _sde_cell_params(workdir, fsdp_min_size):
     return params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_fn", [_icl_gpt2_params, _sde_cell_params], ids=["icl_gpt2", "sde_cell"])
 def test_fsdp_matches_replicated_outside_digits(tmp_path, train_fn):
     """Sharding the large leaves over the 8 devices changes where they live, not what is computed (up to float

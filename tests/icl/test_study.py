@@ -1,6 +1,7 @@
 """The ICL study on the `tiny` preset: it runs end to end, reports every metric the issue names, and its theory
 numbers agree with an independent recomputation."""
 
+import pytest
 import numpy as np
 
 from robust_jax.configs import icl
@@ -8,6 +9,7 @@ from robust_jax.core.run import run_study
 from robust_jax.icl import study, theory
 
 
+@pytest.mark.slow
 def test_tiny_study_runs_and_reports(tmp_path, one_device):
     config = icl.get_config("tiny")
     metrics = run_study(config, str(tmp_path), mesh=one_device)["metrics"]

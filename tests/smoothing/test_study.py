@@ -8,6 +8,7 @@ from robust_jax.configs import smoothing
 from robust_jax.core.run import run_study
 
 
+@pytest.mark.slow
 def test_tiny_study_reports_every_sigma_and_radius(tmp_path):
     config = smoothing.get_config("tiny")
     results = run_study(config, str(tmp_path))
@@ -31,6 +32,7 @@ def test_tiny_study_reports_every_sigma_and_radius(tmp_path):
     assert again["metrics"] == json.loads((tmp_path / "results.json").read_text())["metrics"] == results["metrics"]
 
 
+@pytest.mark.slow
 def test_cifar10_preset_runs_on_mock_tfds_with_folded_resnet(tmp_path, one_device):
     """The cifar10 preset's path (tfds + grain training stream, ResNet with BatchNorm, SGD step schedule, certification
     of every k-th test image through the folded network), shrunk to seconds on tfds's mock data."""
