@@ -31,7 +31,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from robust_jax.core.config_loading import load_config
-from robust_jax.core.run import STUDIES, run_study
+from robust_jax.core.run import STUDIES, changed_fields, run_study
 
 FIGURES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_figures.toml")
 COMPARISONS = ("at_least", "at_most", "within", "none")
@@ -185,12 +185,9 @@ def benchmark_section(benchmarks_dir: str, references: list[dict]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- the run
 def finished_results(config, workdir: str) -> dict | None:
     """results.json of a finished run of this very config in workdir, else None."""
-    config_path, results_path = os.path.join(workdir, "config.json"), os.path.join(workdir, "results.json")
-    if not (os.path.exists(config_path) and os.path.exists(results_path)):
-        return None
-    with open(config_path) as f:
-        if json.load(f) != json.loads(config.to_json_best_effort()):
-            return None  # run_study refuses such a workdir, naming the fields that differ
+    results_path = os.path.join(workdir, "results.json")
+    if not os.path.exists(results_path) or changed_fields(config, workdir) != []:
+        return None  # unfinished, or another config: run_study resumes it or refuses it, naming the fields
     with open(results_path) as f:
         return json.load(f)
 

@@ -48,18 +48,25 @@ def check(config: ml_collections.ConfigDict, workdir: str | None = None, *, mesh
     device_count = jax.device_count() if mesh is None else mesh.size
     check_train_block(config, device_count, auto_batch_size=getattr(study, "AUTO_BATCH_SIZE", False))
     study.check_config(config, device_count)
-    saved = os.path.join(workdir, "config.json") if workdir else None
-    if saved and os.path.exists(saved):
-        with open(saved) as f:
-            previous = json.load(f)
-        current = json.loads(config.to_json_best_effort())
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if changed:
-            raise ConfigError(
-                f"--workdir={workdir!r} holds a run with a different config (fields {changed} differ): "
-                "use a new workdir, or the same config to resume"
-            )
+    changed = changed_fields(config, workdir) if workdir else None
+    if changed:
+        raise ConfigError(
+            f"--workdir={workdir!r} holds a run with a different config (fields {changed} differ): "
+            "use a new workdir, or the same config to resume"
+        )
     return study
+
+
+def changed_fields(config: ml_collections.ConfigDict, workdir: str) -> list[str] | None:
+    """The top-level fields in which `config` differs from the `config.json` saved in `workdir` (sorted; [] when
+    they agree), or None when the workdir holds no config."""
+    saved = os.path.join(workdir, "config.json")
+    if not os.path.exists(saved):
+        return None
+    with open(saved) as f:
+        previous = json.load(f)
+    current = json.loads(config.to_json_best_effort())
+    return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
 
 
 def run_checked(study, config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
