@@ -26,11 +26,10 @@ xla_cpu_use_thunk_runtime (no longer supported); NCHW layout (slower convolution
 (the per-row fold_in noise for 400 rows takes ~50 ms, about 1% of the step).
 
 The reference (Cohen et al.'s PyTorch code, torch 2.13 CPU, 2 threads, quiet 2-core machine): 194 samples/s and
-52.5 s per image; floor 1.0x, target 1.5x. The machine may be shared, so the load average is printed and
-`--with_torch_reference` times a PyTorch ResNet-110 (same architecture, NCHW, eval mode, no_grad, batch 400 of
-x + 0.25 * randn, torch.set_num_threads(2)) interleaved with ours in the same run: the ratio is the fair comparison
-under load. Torch's thread pool suffers more than XLA's from a loaded machine, so ratios measured under heavy load
-flatter us; CPU-time ratios (samples per CPU-second of this process) are printed too.
+52.5 s per image; floor 1.0x, target 1.5x. `--with_torch_reference` times a PyTorch ResNet-110 written for this
+benchmark (same architecture, NCHW, eval mode, no_grad, batch 400 of x + 0.25 * randn, torch.set_num_threads(2)) and
+ours in separate processes, alternating `--pairs` times (experiments/benchmarks/alternate.py: two runtimes in one
+process slow each other's thread pools), and prints both medians, the ratio and the load average.
 The last line is {"benchmark": "certify_throughput", "results": {"samples_per_s": ..., "certify_s_per_image": ...}}.
 """
 
@@ -41,6 +40,8 @@ import json
 import os
 import statistics
 import time
+
+from experiments.benchmarks import alternate
 
 IMAGE_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -215,20 +216,16 @@ def _timed(run_batch) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def counting_throughput(runners: dict, batch_size: int, repeats: int) -> dict:
-    """Median samples/s (wall and per CPU-second) of each runner, timed round-robin so load affects all alike."""
-    for run_batch in runners.values():
-        run_batch()  # compile / warm up
-    walls = {name: [] for name in runners}
-    cpus = {name: [] for name in runners}
+def counting_throughput(run_batch, batch_size: int, repeats: int) -> dict:
+    """Median samples/s (wall, and per CPU-second of this process) of one runner after a warm-up batch."""
+    run_batch()  # compile / warm up
+    walls, cpus = [], []
     for _ in range(repeats):
-        for name, run_batch in runners.items():
-            wall, cpu = _timed(run_batch)
-            walls[name].append(batch_size / wall)
-            cpus[name].append(batch_size / max(cpu, 1e-9))
-    return {name: {"samples_per_s": statistics.median(walls[name]),
-                   "samples_per_cpu_s": statistics.median(cpus[name]),
-                   "all_samples_per_s": [round(v, 1) for v in walls[name]]} for name in runners}
+        wall, cpu = _timed(run_batch)
+        walls.append(batch_size / wall)
+        cpus.append(batch_size / max(cpu, 1e-9))
+    return {"samples_per_s": statistics.median(walls), "samples_per_cpu_s": statistics.median(cpus),
+            "all_samples_per_s": [round(v, 1) for v in walls]}
 
 
 def certify_seconds_per_image(apply_fn, params, images: int, batch_size: int) -> float:
@@ -257,57 +254,72 @@ def certify_seconds_per_image(apply_fn, params, images: int, batch_size: int) ->
     return statistics.median(seconds)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
-    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
-    parser.add_argument("--repeats", type=int, default=5, help="timed batches per runner for samples_per_s")
-    parser.add_argument("--images", type=int, default=3, help="images timed for certify_s_per_image")
-    parser.add_argument("--with_torch_reference", action="store_true",
-                        help="also time the PyTorch ResNet-110 (2 threads) interleaved with ours in this run")
-    parser.add_argument("--compare_unfolded", action="store_true",
-                        help="also time the plain (unfolded, float32) Flax model's counting step")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1 or args.images < 0:
-        parser.error("--batch_size and --repeats must be >= 1 and --images >= 0")
-
-    import jax
+def ours(args) -> dict:
+    """Our figures, this process only: prediction agreement, counting throughput, and certify seconds per image."""
     import jax.numpy as jnp
 
     from robust_jax.models import resnet
 
-    details = {"load_average_before": os.getloadavg(), "dtype": args.dtype, "devices": jax.device_count(),
-               "batch_size": args.batch_size, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     model, variables = random_resnet110()
     apply_fn, params = resnet.fast_inference(model, variables, dtype=jnp.dtype(args.dtype))
     # Folding and slicing change float rounding, bfloat16 much more: how often does the prediction change?
-    details["prediction_agreement_with_float32"] = prediction_agreement(model, variables, args.dtype)
-
-    runners = {"jax": JaxCounting(apply_fn, params, args.batch_size).run_batch}
+    figures = {"prediction_agreement_with_float32": prediction_agreement(model, variables, args.dtype)}
+    figures.update(counting_throughput(JaxCounting(apply_fn, params, args.batch_size).run_batch, args.batch_size,
+                                       args.repeats))
     if args.compare_unfolded:
-        runners["jax_unfolded_float32"] = JaxCounting(model.apply, variables, args.batch_size).run_batch
-    if args.with_torch_reference:
-        runners["torch"] = torch_counting(args.batch_size)
-    throughput = counting_throughput(runners, args.batch_size, args.repeats)
-    for name, figures in throughput.items():
-        print(f"{name:22s} {figures['samples_per_s']:7.1f} samples/s  {figures['samples_per_cpu_s']:7.1f} "
-              f"samples/CPU-s  runs {figures['all_samples_per_s']}", flush=True)
-    details["throughput"] = throughput
-    if args.with_torch_reference:
-        torch_figures = throughput["torch"]
-        for name, figures in throughput.items():
-            if name != "torch":
-                details[f"{name}_speedup_vs_torch"] = figures["samples_per_s"] / torch_figures["samples_per_s"]
-                details[f"{name}_cpu_speedup_vs_torch"] = (figures["samples_per_cpu_s"]
-                                                           / torch_figures["samples_per_cpu_s"])
-        # Cohen et al.'s certify runs n0 = 100 then n = 10,000 samples: its time is about (n0 + n) / samples_per_s.
-        details["torch_certify_s_per_image_estimate"] = (N0 + N) / torch_figures["samples_per_s"]
-        print(f"ours / torch: {details['jax_speedup_vs_torch']:.2f}x wall, "
-              f"{details['jax_cpu_speedup_vs_torch']:.2f}x per CPU-second", flush=True)
+        unfolded = counting_throughput(JaxCounting(model.apply, variables, args.batch_size).run_batch,
+                                       args.batch_size, args.repeats)
+        figures["unfolded_float32_samples_per_s"] = unfolded["samples_per_s"]
+    print(f"ours {figures['samples_per_s']:7.1f} samples/s  {figures['samples_per_cpu_s']:7.1f} samples/CPU-s  "
+          f"runs {figures['all_samples_per_s']}", flush=True)
+    if args.images:
+        figures["certify_s_per_image"] = certify_seconds_per_image(apply_fn, params, args.images, args.batch_size)
+    return figures
 
-    results = {"samples_per_s": throughput["jax"]["samples_per_s"]}
-    results["certify_s_per_image"] = (certify_seconds_per_image(apply_fn, params, args.images, args.batch_size)
-                                      if args.images else None)
+
+def reference(args) -> dict:
+    """The PyTorch ResNet-110's figures, this process only; its certify time estimated as (n0 + n) / samples_per_s
+    (what Cohen et al.'s certify runs)."""
+    figures = counting_throughput(torch_counting(args.batch_size), args.batch_size, args.repeats)
+    figures["certify_s_per_image"] = (N0 + N) / figures["samples_per_s"]
+    print(f"reference {figures['samples_per_s']:7.1f} samples/s  runs {figures['all_samples_per_s']}", flush=True)
+    return figures
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--repeats", type=int, default=5, help="timed batches per process for samples_per_s")
+    parser.add_argument("--images", type=int, default=3, help="images timed for certify_s_per_image")
+    parser.add_argument("--with_torch_reference", action="store_true",
+                        help="also time the PyTorch ResNet-110 (2 threads), alternating processes with ours")
+    parser.add_argument("--compare_unfolded", action="store_true",
+                        help="also time the plain (unfolded, float32) Flax model's counting step")
+    alternate.add_side_flags(parser)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.repeats < 1 or args.images < 0 or args.pairs < 1:
+        parser.error("--batch_size, --repeats and --pairs must be >= 1 and --images >= 0")
+    if args.side is not None:
+        alternate.print_side(args.side, ours(args) if args.side == "ours" else reference(args))
+        return
+
+    details = {"load_average_before": os.getloadavg(), "dtype": args.dtype, "batch_size": args.batch_size,
+               "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    if args.with_torch_reference:
+        forwarded = [f"--dtype={args.dtype}", f"--batch_size={args.batch_size}", f"--repeats={args.repeats}",
+                     f"--images={args.images}"] + (["--compare_unfolded"] if args.compare_unfolded else [])
+        comparison = alternate.compare("experiments.benchmarks.certify_throughput", forwarded, args.pairs)
+        details["comparison"] = comparison
+        figures = {name: value["ours"] for name, value in comparison["figures"].items()}
+        results = {"samples_per_s": figures["samples_per_s"],
+                   "certify_s_per_image": figures.get("certify_s_per_image"),
+                   "samples_per_s_vs_torch": comparison["figures"]["samples_per_s"]["ratio"],
+                   "prediction_agreement_with_float32": figures["prediction_agreement_with_float32"]}
+    else:
+        figures = ours(args)
+        details.update(figures)
+        results = {"samples_per_s": figures["samples_per_s"], "certify_s_per_image": figures.get("certify_s_per_image")}
     details["load_average_after"] = os.getloadavg()
     print(json.dumps({"details": details}))
     print(json.dumps({"benchmark": "certify_throughput", "results": results}))

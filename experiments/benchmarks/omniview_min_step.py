@@ -25,7 +25,6 @@ BATCH, MULTIVIEW, IMAGE_SIZE, CONTEXT = 16, 11, 224, 77
 
 def min_step_rate(seconds: float, repeats: int, variant: str) -> float:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from robust_jax.configs import omniview as omniview_config
