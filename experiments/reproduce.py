@@ -198,6 +198,30 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+# Minutes each study's cpu preset took in `make reproduce` on the project's 2-core CPU (2026-11-30, 29 min in all).
+# They weight the ETA: the studies left, scaled by how fast this machine ran the ones done so far.
+CPU_PRESET_MINUTES = {"digits": 0.4, "icl": 8.4, "smoothing": 10.6, "sde": 3.9, "omniview": 5.9}
+
+
+def estimate_eta(left: list[str], run_seconds: dict[str, float], preset: str) -> str:
+    """The time the studies in `left` will take, from the studies run so far ({study: seconds}).
+
+    For the cpu preset the studies are weighted by CPU_PRESET_MINUTES (before the first one ends: the reference
+    machine's time); for other presets each study left counts as the mean of those run ("after the first study"
+    until one has run)."""
+    if not left:
+        return "0:00"
+    weights = CPU_PRESET_MINUTES if preset == "cpu" else {}
+    if all(study in weights for study in [*left, *run_seconds]):
+        expected_s = 60 * sum(weights[study] for study in left)
+        if not run_seconds:
+            return f"{_duration(expected_s)} (the reference machine's time)"
+        return _duration(expected_s * sum(run_seconds.values()) / (60 * sum(weights[s] for s in run_seconds)))
+    if not run_seconds:
+        return "after the first study"
+    return _duration(sum(run_seconds.values()) / len(run_seconds) * len(left))
+
+
 def _hardware() -> str:
     model = platform.processor() or platform.machine()
     try:
@@ -241,15 +265,9 @@ def main(argv):
         workdir = os.path.join(_WORKDIR_ROOT.value, f"{study}_{preset}")
         plan.append((study, config, workdir, finished_results(config, workdir)))
 
-    sections, run_seconds = [], []
+    sections, run_seconds = [], {}
     for k, (study, config, workdir, results) in enumerate(plan, start=1):
-        left = sum(1 for _, _, _, done in plan[k - 1:] if done is None)
-        if not left:
-            eta = "0:00"
-        elif run_seconds:
-            eta = _duration(sum(run_seconds) / len(run_seconds) * left)
-        else:
-            eta = "after the first study"
+        eta = estimate_eta([name for name, _, _, done in plan[k - 1:] if done is None], run_seconds, preset)
         if results is not None:
             print(f"study {k}/{len(plan)}: {study}, ETA {eta} (finished earlier: reading {workdir}/results.json)",
                   file=sys.stderr, flush=True)
@@ -259,7 +277,7 @@ def main(argv):
                   flush=True)
             study_start = time.perf_counter()
             results = run_study(config, workdir)
-            run_seconds.append(time.perf_counter() - study_start)
+            run_seconds[study] = time.perf_counter() - study_start
             how = f"run now in `{workdir}`"
         with open(os.path.join(out, f"{study}.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)

@@ -22,10 +22,13 @@ Presets:
          to 1e-7 (the paper's 5e-5 is for 20k-35k steps on ViT-B), VIFormer MLP 256.
          Measured wall time (2 shared cores, load average 5-7, 1 device): data 15 s, stage 1 302 s, stage 2 per
          variant 74-159 s (ovt 106, itc_only 85, random_views 144, lora_only 76, viformer_only 74, full_ft 159) plus
-         7-21 s of evaluation each: 17.2 minutes in all.
+         7-21 s of evaluation each: 17.2 minutes in all. In `make reproduce` on a fresh clone (2026-11-30, load
+         average about 2, multi-view set read from the cache): 5 min 52 s.
          Measured zero-shot top-1 (%) on held-out objects, seed 0 (canonical / viewpoint-OOD / corrupted):
            base 87.0 / 35.1 / 66.6 (below 22.1, above 16.7, behind 82.5, rolled 19.2)
-           lr 1e-4 (this preset; ovt and itc_only measured): ovt 85.0 / 36.1 / 66.2, itc_only 85.6 / 36.1 / 66.1
+           lr 1e-4 (this preset; every variant in `make reproduce`, 2026-11-30): ovt 85.0 / 36.1 / 66.2, itc_only
+             85.6 / 36.1 / 66.1, random_views 85.1 / 36.2 / 66.2, lora_only 85.5 / 36.0 / 66.8, viformer_only
+             86.6 / 36.1 / 66.4, full_ft 68.8 / 34.2 / 49.5
            lr 1e-3 (--config.learning_rate=1e-3, every variant): ovt 54.2 / 28.7 / 42.7, itc_only 57.2 / 30.0 /
              44.0, random_views 54.7 / 28.9 / 43.1, lora_only 53.0 / 28.7 / 41.0, viformer_only 86.4 / 36.4 /
              66.0, full_ft 59.3 / 35.9 / 42.3

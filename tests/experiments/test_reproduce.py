@@ -132,3 +132,17 @@ def test_sde_and_smoothing_figures_name_entries_their_cpu_presets_produce():
     figures = [entry for entry in reproduce.load_figures()["figure"] if entry["study"] in ("sde", "smoothing")]
     paths = [entry[key] for entry in figures for key in ("metric", "minus") if key in entry]
     assert len(paths) == 13 and set(paths) <= produced, sorted(set(paths) - produced)
+
+
+def test_eta_weights_the_cpu_preset_by_each_study_s_measured_minutes():
+    minutes = reproduce.CPU_PRESET_MINUTES
+    # before any study ran: the reference machine's minutes for what is left
+    assert reproduce.estimate_eta(["sde", "omniview"], {}, "cpu").startswith(
+        reproduce._duration(60 * (minutes["sde"] + minutes["omniview"])))
+    # digits took twice its reference time here, so the rest is expected to take twice theirs too
+    eta = reproduce.estimate_eta(["icl", "sde"], {"digits": 2 * 60 * minutes["digits"]}, "cpu")
+    assert eta == reproduce._duration(2 * 60 * (minutes["icl"] + minutes["sde"]))
+    # other presets: the mean of the studies run so far, per study left
+    assert reproduce.estimate_eta(["icl", "sde"], {"digits": 30.0, "smoothing": 90.0}, "tiny") == "2:00"
+    assert reproduce.estimate_eta(["icl"], {}, "tiny") == "after the first study"
+    assert reproduce.estimate_eta([], {"digits": 3.0}, "cpu") == "0:00"
