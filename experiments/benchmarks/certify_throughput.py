@@ -25,6 +25,11 @@ compile(compiler_options=...)), xla_cpu_experimental_{xnn,ynn}_fusion_type (comp
 xla_cpu_use_thunk_runtime (no longer supported); NCHW layout (slower convolutions in a micro-benchmark); cheaper noise
 (the per-row fold_in noise for 400 rows takes ~50 ms, about 1% of the step).
 
+For the suite (experiments/benchmarks/suite.py): `--depth` (ours only) times a shallower CIFAR ResNet for quick
+checks; `counting_flops` is XLA's FLOP count of one counting step (for the fraction of a device's peak), and
+`trained_digits_resnet` trains the network briefly on digits at sigma 0.25 so that `prediction_agreement` can
+compare bfloat16 with float32 on a trained network rather than the random one.
+
 The reference (Cohen et al.'s PyTorch code, torch 2.13 CPU, 2 threads, quiet 2-core machine): 194 samples/s and
 52.5 s per image; floor 1.0x, target 1.5x. `--with_torch_reference` times a PyTorch ResNet-110 written for this
 benchmark (same architecture, NCHW, eval mode, no_grad, batch 400 of x + 0.25 * randn, torch.set_num_threads(2)) and
@@ -41,6 +46,8 @@ import os
 import statistics
 import time
 
+import numpy as np
+
 from experiments.benchmarks import alternate
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -53,15 +60,15 @@ N0, N, ALPHA = 100, 10_000, 0.001
 # ------------------------------------------------------------------------------------------------------ our model
 
 
-def random_resnet110(seed: int = 0):
-    """ResNet-110 variables with random weights, random BN statistics and a head calibrated to use every class."""
+def random_resnet(depth: int = 110, seed: int = 0):
+    """A CIFAR ResNet (ResNet-110 by default) with random weights, random BN statistics and a head calibrated to use
+    every class: (model, variables)."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from robust_jax.models import resnet
 
-    model = resnet.resnet110(NUM_CLASSES)
+    model = resnet.CifarResNet(depth=depth, num_classes=NUM_CLASSES)
     variables = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *IMAGE_SHAPE)))
     rng = np.random.default_rng(seed)
 
@@ -86,27 +93,29 @@ def random_resnet110(seed: int = 0):
     return model, {"params": params, "batch_stats": stats}
 
 
-def prediction_agreement(model, variables, dtype_name: str, images: int = 4, seed: int = 1) -> float:
-    """Fraction of noisy inputs (batches of 400 around random images) where fast_inference in dtype_name and the
-    unfolded float32 model predict the same class.
+def prediction_agreement(model, variables, dtype_name: str, images: int | np.ndarray = 4, seed: int = 1,
+                         batch_size: int = BATCH_SIZE) -> float:
+    """Fraction of noisy inputs (batch_size noisy copies of each image) where fast_inference in dtype_name and the
+    unfolded float32 model predict the same class. `images`: a number of random images, or an (N, 32, 32, 3) array.
 
-    A stress test: the random network maps all inputs to nearly the same features and the calibrated head magnifies
-    what differences remain, so rounding flips predictions far more often than in a trained network.
+    On random images and the random network it is a stress test: that network maps all inputs to nearly the same
+    features and the calibrated head magnifies what differences remain, so rounding flips predictions far more often
+    than in a trained network (`trained_digits_resnet` gives one to check).
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from robust_jax.models import resnet
 
     fast_apply, fast_params = resnet.fast_inference(model, variables, dtype=jnp.dtype(dtype_name))
     reference, fast = jax.jit(model.apply), jax.jit(fast_apply)
     rng = np.random.default_rng(seed)
+    if isinstance(images, (int, np.integer)):
+        images = rng.uniform(0, 1, (images, *IMAGE_SHAPE)).astype(np.float32)
     agree = total = 0
     classes = set()
-    for _ in range(images):
-        x = rng.uniform(0, 1, IMAGE_SHAPE).astype(np.float32)
-        noisy = x + SIGMA * rng.standard_normal((BATCH_SIZE, *IMAGE_SHAPE)).astype(np.float32)
+    for x in images:
+        noisy = x + SIGMA * rng.standard_normal((batch_size, *x.shape)).astype(np.float32)
         want = np.argmax(np.asarray(reference(variables, noisy)), -1)
         got = np.argmax(np.asarray(fast(fast_params, noisy)), -1)
         agree += int(np.sum(want == got))
@@ -117,12 +126,64 @@ def prediction_agreement(model, variables, dtype_name: str, images: int = 4, see
     return agree / total
 
 
+def digits_as_cifar(images_Nx8x8x1: np.ndarray) -> np.ndarray:
+    """sklearn digits (8x8, one channel, [0, 1]) as 32x32 RGB images: each pixel repeated 4x4, grey in all channels."""
+    upsampled = np.repeat(np.repeat(images_Nx8x8x1, 4, axis=1), 4, axis=2)
+    return np.repeat(upsampled, 3, axis=3).astype(np.float32)
+
+
+def trained_digits_resnet(depth: int = 110, steps: int = 300, batch_size: int = 128, seed: int = 0):
+    """A CIFAR ResNet of `depth` trained with Gaussian noise at sigma = 0.25 (Cohen et al.'s augmentation, the smoothing
+    study's loss) on sklearn digits shown as 32x32 RGB (`digits_as_cifar`), through the core train step; Adam 1e-3
+    with cosine decay over `steps` steps. Returns (model, variables, test images, test labels, noisy test accuracy:
+    one noise draw per test image)."""
+    import jax
+    import optax
+
+    from robust_jax.core import mesh as mesh_lib
+    from robust_jax.core.train import compiled_train_step, initial_state
+    from robust_jax.data.digits import load_digits_splits
+    from robust_jax.models import resnet
+    from robust_jax.smoothing.training import make_noise_loss_fn
+
+    splits = load_digits_splits(0.2, seed=seed)
+    train_images, train_labels = digits_as_cifar(splits["train"]["image"]), splits["train"]["label"]
+    test_images, test_labels = digits_as_cifar(splits["test"]["image"]), splits["test"]["label"]
+    model = resnet.CifarResNet(depth=depth, num_classes=NUM_CLASSES)
+
+    def init_fn(key):
+        variables = model.init(key, np.zeros((1, *IMAGE_SHAPE), np.float32))
+        return variables["params"], {"batch_stats": variables["batch_stats"]}
+
+    def apply_train(params, model_state, images):
+        logits, updates = model.apply({"params": params, **model_state}, images, train=True, mutable=["batch_stats"])
+        return logits, {**model_state, **updates}
+
+    optimizer = optax.adam(optax.cosine_decay_schedule(1e-3, steps))
+    mesh = mesh_lib.make_data_mesh()
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    state, shardings = initial_state(init_fn, optimizer, init_key, mesh)
+    step = compiled_train_step(make_noise_loss_fn(apply_train, sigma=SIGMA), optimizer, shardings, mesh)
+    train_key = mesh_lib.replicate(mesh, train_key)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        rows = rng.choice(len(train_labels), batch_size, replace=False)
+        batch = mesh_lib.global_batch(mesh, {"image": train_images[rows], "label": train_labels[rows]})
+        state, metrics = step(state, batch, train_key, None)
+    variables = {"params": state.params, **state.model_state}
+    noisy = test_images + SIGMA * rng.standard_normal(test_images.shape).astype(np.float32)
+    predictions = np.argmax(np.asarray(jax.jit(model.apply)(variables, noisy)), -1)
+    accuracy = float(np.mean(predictions == test_labels))
+    print(f"ResNet-{depth} trained {steps} steps on digits at sigma {SIGMA}: last loss "
+          f"{float(metrics['loss']):.3f}, noisy test accuracy {accuracy:.3f}", flush=True)
+    return model, variables, test_images, test_labels, accuracy
+
+
 class JaxCounting:
     """The counting step that certify runs, on the default mesh, ready to time one batch at a time."""
 
     def __init__(self, apply_fn, params, batch_size: int):
         import jax
-        import numpy as np
 
         from robust_jax.core.mesh import make_data_mesh, replicated
         from robust_jax.smoothing.sampling import counting_step
@@ -137,14 +198,37 @@ class JaxCounting:
         self.batch_size = batch_size
         self.batch_index = 0
 
+    def arguments(self) -> tuple:
+        return (self.params, self.x, self.key, np.int32(self.batch_index), np.int32(self.batch_size), self.sigma)
+
     def run_batch(self):
         import jax
-        import numpy as np
 
         self.batch_index += 1
         counts = self.step(self.params, self.x, self.key, np.int32(self.batch_index), np.int32(self.batch_size),
                            self.sigma)
         jax.block_until_ready(counts)
+
+
+def counting_flops(model, variables, dtype_name: str, batch_size: int) -> float:
+    """XLA's FLOP count of one counting step of `batch_size` noisy samples through fast_inference in dtype_name (cost
+    analysis of the lowered program: no compilation needed; of the compiled one where a backend only counts that).
+    Counted on the unsliced network: XLA counts the body of a loop once, so the lax.map slices that fast_inference
+    uses on one CPU device would hide most of the work."""
+    import jax.numpy as jnp
+
+    from robust_jax.models import resnet
+
+    apply_fn, params = resnet.fast_inference(model, variables, dtype=jnp.dtype(dtype_name), batch_chunk=None)
+    counting = JaxCounting(apply_fn, params, batch_size)
+    lowered = counting.step.lower(*counting.arguments())
+    for analyse in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
+        analysis = analyse()
+        if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
+            analysis = analysis[0] if analysis else None
+        if analysis and analysis.get("flops", 0) > 0:
+            return float(analysis["flops"])
+    raise RuntimeError("XLA's cost analysis gave no FLOP count for this backend")
 
 
 # ------------------------------------------------------------------------------------------------ torch reference
@@ -230,7 +314,6 @@ def counting_throughput(run_batch, batch_size: int, repeats: int) -> dict:
 
 def certify_seconds_per_image(apply_fn, params, images: int, batch_size: int) -> float:
     import jax
-    import numpy as np
 
     from robust_jax.smoothing import certify
 
@@ -260,10 +343,11 @@ def ours(args) -> dict:
 
     from robust_jax.models import resnet
 
-    model, variables = random_resnet110()
+    model, variables = random_resnet(args.depth)
     apply_fn, params = resnet.fast_inference(model, variables, dtype=jnp.dtype(args.dtype))
     # Folding and slicing change float rounding, bfloat16 much more: how often does the prediction change?
-    figures = {"prediction_agreement_with_float32": prediction_agreement(model, variables, args.dtype)}
+    figures = {"prediction_agreement_with_float32": prediction_agreement(model, variables, args.dtype,
+                                                                         batch_size=args.batch_size)}
     figures.update(counting_throughput(JaxCounting(apply_fn, params, args.batch_size).run_batch, args.batch_size,
                                        args.repeats))
     if args.compare_unfolded:
@@ -286,9 +370,11 @@ def reference(args) -> dict:
     return figures
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    parser.add_argument("--depth", type=int, default=110,
+                        help="CIFAR ResNet depth, 6n + 2 (110; smaller for quick checks, ours only)")
     parser.add_argument("--batch_size", type=int, default=BATCH_SIZE)
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per process for samples_per_s")
     parser.add_argument("--images", type=int, default=3, help="images timed for certify_s_per_image")
@@ -300,15 +386,26 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1 or args.images < 0 or args.pairs < 1:
         parser.error("--batch_size, --repeats and --pairs must be >= 1 and --images >= 0")
+    if args.depth < 8 or (args.depth - 2) % 6:
+        parser.error(f"--depth={args.depth} must be 6n + 2 with n >= 1")
+    if args.depth != 110 and (args.with_torch_reference or args.side == "reference"):
+        parser.error(f"--depth={args.depth}: the PyTorch reference is ResNet-110 only")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.side is not None:
         alternate.print_side(args.side, ours(args) if args.side == "ours" else reference(args))
         return
 
-    details = {"load_average_before": os.getloadavg(), "dtype": args.dtype, "batch_size": args.batch_size,
+    details = {"load_average_before": os.getloadavg(), "dtype": args.dtype, "depth": args.depth,
+               "batch_size": args.batch_size,
                "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if args.with_torch_reference:
-        forwarded = [f"--dtype={args.dtype}", f"--batch_size={args.batch_size}", f"--repeats={args.repeats}",
-                     f"--images={args.images}"] + (["--compare_unfolded"] if args.compare_unfolded else [])
+        forwarded = [f"--dtype={args.dtype}", f"--depth={args.depth}", f"--batch_size={args.batch_size}",
+                     f"--repeats={args.repeats}", f"--images={args.images}"]
+        forwarded += ["--compare_unfolded"] if args.compare_unfolded else []
         comparison = alternate.compare("experiments.benchmarks.certify_throughput", forwarded, args.pairs)
         details["comparison"] = comparison
         figures = {name: value["ours"] for name, value in comparison["figures"].items()}

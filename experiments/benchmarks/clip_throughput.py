@@ -1,17 +1,27 @@
-"""CLIP ViT-B/32 throughput on CPU: image-tower forward and full training step, images per second.
+"""CLIP ViT-B/32 throughput: image-tower forward and full training step, images per second.
 
-    python -m experiments.benchmarks.clip_throughput [--with_torch_reference] [--seconds 20] [--repeats 3]
+    python -m experiments.benchmarks.clip_throughput [--with_torch_reference] [--pairs 3] [--seconds 20] [--repeats 3]
 
-Setting (issue 6): ViT-B/32 with random initialisation (`robust_jax.models.clip.get_config('ViT-B-32')`), float32.
-  forward: `encode_image` on a batch of 32 images of 224x224, no gradient.
-  train:   a full CLIP step at batch 16: both towers (77 text tokens), symmetric contrastive loss, backward, AdamW
-           (lr 5e-4, weight decay 0.1), parameters and optimiser state donated to the step.
+Setting (issue 6): ViT-B/32 with random initialisation (`robust_jax.models.clip.get_config('ViT-B-32')`: OpenCLIP's
+ViT-B-32, GELU activations; image 224, patch 32, vision width 768 / 12 layers / 12 heads / MLP 3072, text context 77,
+vocabulary 49,408, width 512 / 12 layers / 8 heads / MLP 2048, embedding 512), float32.
+  forward: `encode_image` on a batch of `--forward_batch` (32) images of 224x224, no gradient.
+  train:   a full CLIP step at batch `--train_batch` (16): both towers (77 text tokens, end-of-text last), symmetric
+           contrastive loss over exp(logit_scale) * cosine similarities, backward, AdamW (lr 5e-4, weight decay 0.1).
 Each is compiled and warmed up, then timed over `--repeats` runs of at least `--seconds` seconds; the median is
-reported. Reference (open-clip-torch 3.3, ViT-B-32 random init, torch 2.13 CPU, 2 threads, on the project's 2-core
-machine, quiet): forward 17.9 images/s, train 2.97 images/s; targets >= 1.2x of both. open_clip cannot be installed
-here, so `--with_torch_reference` times HuggingFace transformers' torch `CLIPModel` (ViT-B/32 by default config,
-the same architecture) in the same run, and prints the ratios: on a shared machine the ratio is the fair comparison.
-The last line is {"benchmark": "clip_throughput", "results": {"forward_images_per_s": ..., "train_images_per_s": ...}}.
+reported.
+
+The reference is HuggingFace transformers' torch `CLIPModel`, configured as open_clip's ViT-B-32 (`hf_clip_config`:
+every dimension from our config, hidden_act="gelu", not HF's default QuickGELU) and written for this benchmark
+(torch 2.13 CPU, torch.set_num_threads(2)); it does the same work on the same shapes: get_image_features on the
+forward batch under no_grad, and the same loss, AdamW and batch for the train step. `--with_torch_reference` runs
+ours and the reference in separate processes, alternating `--pairs` times (experiments/benchmarks/alternate.py: two
+runtimes in one process slow each other's thread pools), and prints both medians, the ratio and the load average.
+Earlier reference (open-clip-torch 3.3, ViT-B-32 random init, torch 2.13 CPU, 2 threads, on the project's 2-core
+machine, quiet): forward 17.9 images/s, train 2.97 images/s; targets >= 1.2x of both (open_clip cannot be installed
+here, hence the HF model).
+The last line is {"benchmark": "clip_throughput", "results": {"forward_images_per_s": ..., "train_images_per_s": ...}}
+(with the reference also "forward_images_per_s_vs_torch" and "train_images_per_s_vs_torch").
 """
 
 from __future__ import annotations
@@ -22,8 +32,11 @@ import os
 import statistics
 import time
 
-FORWARD_BATCH, TRAIN_BATCH, IMAGE_SIZE, CONTEXT = 32, 16, 224, 77
+from experiments.benchmarks import alternate
+
+MODEL, FORWARD_BATCH, TRAIN_BATCH = "ViT-B-32", 32, 16
 LEARNING_RATE, WEIGHT_DECAY = 5e-4, 0.1
+OPEN_CLIP_REFERENCE = {"forward_images_per_s": 17.9, "train_images_per_s": 2.97}  # ViT-B-32, 2-core CPU
 
 
 def _timed(run_batches, seconds: float, repeats: int, batch_size: int) -> float:
@@ -40,7 +53,43 @@ def _timed(run_batches, seconds: float, repeats: int, batch_size: int) -> float:
     return statistics.median(rates)
 
 
-def jax_rates(seconds: float, repeats: int) -> dict[str, float]:
+def caption_token_ids(rng, batch_size: int, context_length: int, vocab_size: int):
+    """(batch, context) int32 ids: random ids below the end-of-text id (vocab_size - 1, the largest), which ends every
+    row. Ours pools at argmax(ids) and HF's CLIP at the first eos_token_id: both pool at the last position."""
+    import numpy as np
+
+    ids = rng.integers(1, vocab_size - 1, (batch_size, context_length)).astype(np.int32)
+    ids[:, -1] = vocab_size - 1
+    return ids
+
+
+def hf_clip_config(config):
+    """transformers.CLIPConfig with every dimension of our `robust_jax.models.clip.CLIPConfig` (activation included;
+    the end-of-text id is the largest id, as in `caption_token_ids`)."""
+    import transformers
+
+    vision, text = config.vision, config.text
+    activations = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+    return transformers.CLIPConfig(
+        projection_dim=config.embed_dim,
+        vision_config=dict(
+            hidden_size=vision.width, intermediate_size=vision.mlp_dim, num_hidden_layers=vision.layers,
+            num_attention_heads=vision.heads, image_size=vision.image_size, patch_size=vision.patch_size,
+            num_channels=3, hidden_act=activations[vision.activation], layer_norm_eps=vision.layer_norm_eps,
+            projection_dim=config.embed_dim, attention_dropout=0.0),
+        text_config=dict(
+            vocab_size=text.vocab_size, hidden_size=text.width, intermediate_size=text.mlp_dim,
+            num_hidden_layers=text.layers, num_attention_heads=text.heads, max_position_embeddings=text.context_length,
+            hidden_act=activations[text.activation], layer_norm_eps=text.layer_norm_eps,
+            projection_dim=config.embed_dim, attention_dropout=0.0, eos_token_id=text.vocab_size - 1),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ our model
+
+
+def ours(args) -> dict[str, float]:
+    """Our figures, this process only: forward and train images/s."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -48,10 +97,12 @@ def jax_rates(seconds: float, repeats: int) -> dict[str, float]:
 
     from robust_jax.models import clip as clip_lib
 
-    model = clip_lib.CLIP(clip_lib.get_config("ViT-B-32"))
+    config = clip_lib.get_config(args.model)
+    model = clip_lib.CLIP(config)
     params = clip_lib.init_params(model, jax.random.key(0))
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(FORWARD_BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32))
+    size = config.vision.image_size
+    images = jnp.asarray(rng.normal(size=(args.forward_batch, size, size, 3)).astype(np.float32))
     encode_image, _ = clip_lib.jit_encoders(model)
 
     def forward(n):
@@ -60,25 +111,25 @@ def jax_rates(seconds: float, repeats: int) -> dict[str, float]:
             out = encode_image(params, images)
         jax.block_until_ready(out)
 
-    rates = {"forward_images_per_s": _timed(forward, seconds, repeats, FORWARD_BATCH)}
+    rates = {"forward_images_per_s": _timed(forward, args.seconds, args.repeats, args.forward_batch)}
 
     optimizer = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    train_images = images[:TRAIN_BATCH]
-    token_ids = jnp.asarray(rng.integers(1, 49407, (TRAIN_BATCH, CONTEXT)).astype(np.int32))
+    train_images = jnp.asarray(rng.normal(size=(args.train_batch, size, size, 3)).astype(np.float32))
+    token_ids = jnp.asarray(caption_token_ids(rng, args.train_batch, config.text.context_length,
+                                              config.text.vocab_size))
 
     def loss_fn(p):
         logits_per_image, _ = model.apply(p, train_images, token_ids)
-        labels = jnp.arange(TRAIN_BATCH)
+        labels = jnp.arange(args.train_batch)
         return 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits_per_image, labels).mean()
                       + optax.softmax_cross_entropy_with_integer_labels(logits_per_image.T, labels).mean())
 
-    @jax.jit
     def step(p, opt_state):
         loss, grads = jax.value_and_grad(loss_fn)(p)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         return optax.apply_updates(p, updates), opt_state, loss
 
-    step = jax.jit(step.__wrapped__, donate_argnums=(0, 1))
+    step = jax.jit(step, donate_argnums=(0, 1))
     holder = {"params": params, "opt_state": optimizer.init(params)}
 
     def train(n):
@@ -87,19 +138,27 @@ def jax_rates(seconds: float, repeats: int) -> dict[str, float]:
             holder["params"], holder["opt_state"], loss = step(holder["params"], holder["opt_state"])
         jax.block_until_ready(loss)
 
-    rates["train_images_per_s"] = _timed(train, seconds, repeats, TRAIN_BATCH)
+    rates["train_images_per_s"] = _timed(train, args.seconds, args.repeats, args.train_batch)
     return rates
 
 
-def torch_rates(seconds: float, repeats: int) -> dict[str, float]:
-    """HuggingFace transformers' torch CLIPModel, default config = ViT-B/32 (open_clip is not installable here)."""
+# ------------------------------------------------------------------------------------------------ torch reference
+
+
+def reference(args) -> dict[str, float]:
+    """HF transformers' torch CLIPModel configured as our model (open_clip's ViT-B-32 by default), this process only."""
+    import numpy as np
     import torch
     import transformers
 
+    from robust_jax.models import clip as clip_lib
+
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    model = transformers.CLIPModel(transformers.CLIPConfig())
-    images = torch.randn(FORWARD_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE)
+    config = clip_lib.get_config(args.model)
+    model = transformers.CLIPModel(hf_clip_config(config))
+    size = config.vision.image_size
+    images = torch.randn(args.forward_batch, 3, size, size)
     model.eval()
 
     def forward(n):
@@ -107,45 +166,67 @@ def torch_rates(seconds: float, repeats: int) -> dict[str, float]:
             for _ in range(n):
                 model.get_image_features(pixel_values=images)
 
-    rates = {"forward_images_per_s": _timed(forward, seconds, repeats, FORWARD_BATCH)}
+    rates = {"forward_images_per_s": _timed(forward, args.seconds, args.repeats, args.forward_batch)}
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    train_images = images[:TRAIN_BATCH]
-    token_ids = torch.randint(1, 49407, (TRAIN_BATCH, CONTEXT))
+    train_images = torch.randn(args.train_batch, 3, size, size)
+    token_ids = torch.from_numpy(caption_token_ids(np.random.default_rng(0), args.train_batch,
+                                                   config.text.context_length, config.text.vocab_size)).long()
+    labels = torch.arange(args.train_batch)
 
     def train(n):
         for _ in range(n):
             out = model(input_ids=token_ids, pixel_values=train_images)
-            labels = torch.arange(TRAIN_BATCH)
             loss = 0.5 * (torch.nn.functional.cross_entropy(out.logits_per_image, labels)
                           + torch.nn.functional.cross_entropy(out.logits_per_text, labels))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
 
-    rates["train_images_per_s"] = _timed(train, seconds, repeats, TRAIN_BATCH)
+    rates["train_images_per_s"] = _timed(train, args.seconds, args.repeats, args.train_batch)
     return rates
 
 
-def main(argv=None):
+# ----------------------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=MODEL, help="a robust_jax.models.clip preset (ViT-B-32; 'tiny' for tests)")
+    parser.add_argument("--forward_batch", type=int, default=FORWARD_BATCH)
+    parser.add_argument("--train_batch", type=int, default=TRAIN_BATCH)
     parser.add_argument("--seconds", type=float, default=20.0, help="minimum length of one timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--with_torch_reference", action="store_true",
-                        help="also time transformers' torch CLIPModel ViT-B/32 (2 threads) in this run")
+                        help="also time HF's torch CLIPModel (2 threads), alternating processes with ours")
+    alternate.add_side_flags(parser)
     args = parser.parse_args(argv)
-    details = {"load_average_before": os.getloadavg(), "reference_open_clip": {"forward_images_per_s": 17.9,
-                                                                                "train_images_per_s": 2.97}}
-    results = jax_rates(args.seconds, args.repeats)
-    for name, value in results.items():
-        print(f"jax   {name:22s} {value:.2f}", flush=True)
-        details[f"{name}_vs_open_clip_reference"] = value / details["reference_open_clip"][name]
+    if min(args.forward_batch, args.train_batch, args.repeats, args.pairs) < 1 or args.seconds < 0:
+        parser.error("--forward_batch, --train_batch, --repeats and --pairs must be >= 1 and --seconds >= 0")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.side is not None:
+        alternate.print_side(args.side, ours(args) if args.side == "ours" else reference(args))
+        return
+    details = {"load_average_before": os.getloadavg(), "model": args.model, "forward_batch": args.forward_batch,
+               "train_batch": args.train_batch}
     if args.with_torch_reference:
-        reference = torch_rates(args.seconds, args.repeats)
-        for name, value in reference.items():
-            print(f"torch {name:22s} {value:.2f}", flush=True)
-            details[f"torch_hf_{name}"] = value
-            details[f"{name}_speedup_vs_torch_hf"] = results[name] / value
+        forwarded = [f"--model={args.model}", f"--forward_batch={args.forward_batch}",
+                     f"--train_batch={args.train_batch}", f"--seconds={args.seconds}", f"--repeats={args.repeats}"]
+        comparison = alternate.compare("experiments.benchmarks.clip_throughput", forwarded, args.pairs)
+        details["comparison"] = comparison
+        results = {name: figure["ours"] for name, figure in comparison["figures"].items()}
+        results.update({f"{name}_vs_torch": figure["ratio"] for name, figure in comparison["figures"].items()})
+    else:
+        results = ours(args)
+        for name, value in results.items():
+            print(f"ours {name:22s} {value:.2f}", flush=True)
+    if args.model == MODEL and (args.forward_batch, args.train_batch) == (FORWARD_BATCH, TRAIN_BATCH):
+        details["vs_open_clip_reference_2_core_cpu"] = {
+            name: results[name] / value for name, value in OPEN_CLIP_REFERENCE.items()}
     details["load_average_after"] = os.getloadavg()
     print(json.dumps({"details": details}))
     print(json.dumps({"benchmark": "clip_throughput", "results": results}))

@@ -1,22 +1,25 @@
 """GPT-2 in-context regression training throughput (Garg et al.'s model): steps per second, tiny and standard sizes.
 
-    python -m experiments.benchmarks.icl_throughput [--with_torch_reference] [--sizes tiny,standard]
+    python -m experiments.benchmarks.icl_throughput [--with_torch_reference] [--pairs 3] [--sizes tiny,standard]
 
 Setting (issue 3): d = 20, 41 points (82 tokens), batch 64, Adam 1e-4, squared error over all prefixes, fresh
 prompts every step (generated inside the jitted step), float32. On CPU the gradient is accumulated over 4
-micro-batches of 16 prompts (`--micro_batch_size`; the same gradient, and the activations stay in cache). Each size is compiled and warmed up, then timed
-over `--repeats` runs of at least `--seconds` seconds each; the median is reported. The reference PyTorch numbers
-(transformers' GPT2Model, torch 2.13 CPU, 2 threads, on the project's 2-core machine) are tiny 8.91 and standard
-0.363 steps/s; targets tiny >= 27, standard >= 0.44.
+micro-batches of 16 prompts (`--micro_batch_size`; the same gradient, and the activations stay in cache). Each size
+is compiled and warmed up, then timed over `--repeats` runs of at least `--seconds` seconds each; the median is
+reported. The reference PyTorch numbers (transformers' GPT2Model, torch 2.13 CPU, 2 threads, on the project's 2-core
+machine) are tiny 8.91 and standard 0.363 steps/s; targets tiny >= 27, standard >= 0.44.
 
 What is timed is the step the ICL study runs: `robust_jax.core.train.compiled_train_step` (the core train loop's
 jitted step, state donated, batch sharded on 'data') over the loss of `robust_jax.icl.gpt2.training_functions`
 (Adam, prompts drawn on device for `IndexBatches` prompt indices, curriculum at the step), fed the same global
 index batches the study feeds.
 
-The machine may be shared, so the load average is printed, and `--with_torch_reference` times the same model and
-step in PyTorch (torch.set_num_threads(2)) in the same run: the ratio is the fair comparison under load.
-The last line is {"benchmark": "icl_throughput", "results": {"tiny_steps_per_s": ..., "standard_steps_per_s": ...}}.
+`--with_torch_reference` times Garg et al.'s model and step in PyTorch (read-in, transformers' GPT2Model, read-out;
+the same sizes, batch, prompts and loss; torch.set_num_threads(2)) and ours in separate processes, alternating
+`--pairs` times (experiments/benchmarks/alternate.py: two runtimes in one process slow each other's thread pools),
+and prints both medians, the ratio and the load average.
+The last line is {"benchmark": "icl_throughput", "results": {"tiny_steps_per_s": ..., "standard_steps_per_s": ...}}
+(with the reference also "<size>_steps_per_s_vs_torch").
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import json
 import os
 import statistics
 import time
+
+from experiments.benchmarks import alternate
 
 DIM, N_POINTS, BATCH_SIZE, LEARNING_RATE = 20, 41, 64, 1e-4
 SIZES = ("tiny", "standard")
@@ -122,39 +127,77 @@ def torch_steps_per_second(size: str, seconds: float, repeats: int) -> float:
     return _timed_runs(run_steps, time.perf_counter() - start, seconds, repeats)
 
 
-def main(argv=None):
+def ours(args) -> dict[str, float]:
+    """Our figures, this process only: steps/s per size (micro-batches of 16 on CPU, whole batches elsewhere, unless
+    --micro_batch_size says otherwise)."""
+    import jax
+
+    micro_batch_size = args.micro_batch_size
+    if micro_batch_size is None:
+        micro_batch_size = 16 if jax.default_backend() == "cpu" else 0
+    figures = {}
+    for size in args.sizes:
+        figures[f"{size}_steps_per_s"] = jax_steps_per_second(size, args.seconds, args.repeats, args.dtype,
+                                                              micro_batch_size)
+        print(f"ours      {size:9s} {figures[f'{size}_steps_per_s']:.3f} steps/s", flush=True)
+    return figures
+
+
+def reference(args) -> dict[str, float]:
+    """The PyTorch model's figures, this process only."""
+    figures = {}
+    for size in args.sizes:
+        figures[f"{size}_steps_per_s"] = torch_steps_per_second(size, args.seconds, args.repeats)
+        print(f"reference {size:9s} {figures[f'{size}_steps_per_s']:.3f} steps/s", flush=True)
+    return figures
+
+
+def parse_args(argv=None):
+    """The arguments, --sizes as a list. Nothing here starts JAX: a process that only starts the two sides (on an
+    accelerator) must leave the device's memory to the side it starts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of tiny,standard")
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum length of one timed run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (ours)")
     parser.add_argument("--micro_batch_size", type=int, default=None,
                         help="accumulate the gradient over micro-batches of this many prompts (0: whole batch); "
                              "default 16 on CPU, 0 elsewhere")
     parser.add_argument("--with_torch_reference", action="store_true",
-                        help="also time the PyTorch reference (transformers GPT2Model, 2 threads) in this run")
+                        help="also time the PyTorch reference (transformers GPT2Model, 2 threads), alternating "
+                             "processes with ours")
+    alternate.add_side_flags(parser)
     args = parser.parse_args(argv)
-    sizes = [size for size in args.sizes.split(",") if size]
-    unknown = [size for size in sizes if size not in SIZES]
-    if unknown:
-        parser.error(f"--sizes must be a subset of {SIZES}, got {unknown}")
+    args.sizes = [size for size in args.sizes.split(",") if size]
+    unknown = [size for size in args.sizes if size not in SIZES]
+    if unknown or not args.sizes:
+        parser.error(f"--sizes must be a non-empty subset of {SIZES}, got {unknown or args.sizes}")
+    if args.repeats < 1 or args.pairs < 1 or args.seconds < 0:
+        parser.error("--repeats and --pairs must be >= 1 and --seconds >= 0")
+    if args.micro_batch_size is not None and args.micro_batch_size < 0:
+        parser.error(f"--micro_batch_size={args.micro_batch_size} must be >= 0")
+    return args
 
-    micro_batch_size = args.micro_batch_size
-    if micro_batch_size is None:
-        import jax
 
-        micro_batch_size = 16 if jax.default_backend() == "cpu" else 0
-    results, details = {}, {"load_average_before": os.getloadavg(), "dtype": args.dtype,
-                            "micro_batch_size": micro_batch_size}
-    for size in sizes:
-        results[f"{size}_steps_per_s"] = jax_steps_per_second(size, args.seconds, args.repeats, args.dtype,
-                                                              micro_batch_size)
-        print(f"jax   {size:9s} {results[f'{size}_steps_per_s']:.3f} steps/s", flush=True)
-        if args.with_torch_reference:
-            torch_rate = torch_steps_per_second(size, args.seconds, args.repeats)
-            details[f"torch_{size}_steps_per_s"] = torch_rate
-            details[f"{size}_speedup_vs_torch"] = results[f"{size}_steps_per_s"] / torch_rate
-            print(f"torch {size:9s} {torch_rate:.3f} steps/s", flush=True)
+def main(argv=None):
+    args = parse_args(argv)
+    if args.side is not None:
+        alternate.print_side(args.side, ours(args) if args.side == "ours" else reference(args))
+        return
+    details = {"load_average_before": os.getloadavg(), "dtype": args.dtype,
+               "micro_batch_size": "16 on CPU, 0 elsewhere" if args.micro_batch_size is None
+               else args.micro_batch_size}
+    if args.with_torch_reference:
+        forwarded = [f"--sizes={','.join(args.sizes)}", f"--seconds={args.seconds}", f"--repeats={args.repeats}",
+                     f"--dtype={args.dtype}"]
+        if args.micro_batch_size is not None:
+            forwarded.append(f"--micro_batch_size={args.micro_batch_size}")
+        comparison = alternate.compare("experiments.benchmarks.icl_throughput", forwarded, args.pairs)
+        details["comparison"] = comparison
+        results = {name: figure["ours"] for name, figure in comparison["figures"].items()}
+        results.update({f"{name}_vs_torch": figure["ratio"] for name, figure in comparison["figures"].items()})
+    else:
+        results = ours(args)
     details["load_average_after"] = os.getloadavg()
     print(json.dumps({"details": details}))
     print(json.dumps({"benchmark": "icl_throughput", "results": results}))

@@ -1,14 +1,16 @@
-"""Omniview-Tuning's min step on CLIP ViT-B/32 on CPU: images per second at batch 16.
+"""Omniview-Tuning's min step on CLIP ViT-B/32: images per second at batch 16.
 
-    python -m experiments.benchmarks.omniview_min_step [--seconds 20] [--repeats 3] [--variant ovt]
+    python -m experiments.benchmarks.omniview_min_step [--seconds 20] [--repeats 3] [--variant ovt] [--batch 16]
 
-Setting (issue 11, point 7): ViT-B/32 with random initialisation (`robust_jax.models.clip.get_config('ViT-B-32')`),
-float32, the study's OVT min step exactly as `core.train` runs it (`core.train.compiled_train_step`): a batch of 16
-(11 multi-view + 5 2D pairs, about 2:1) of 224 px images and 77-token captions, rotation/translation augmentation,
-LoRA folded into the frozen image tower, VIFormer, the frozen text tower, L_ITC + L_VI (4 hard views in the batch),
-AdamW on the 6.6M tuning parameters; the frozen backbone is a constant of the step. Compiled and warmed up, then
-timed over `--repeats` runs of at least `--seconds` seconds; the median is reported. Compare with the full CLIP
-training step of `clip_throughput.py` (both towers trained, batch 16), run in its own process.
+Setting (issue 11, point 7): ViT-B/32 with random initialisation (`robust_jax.models.clip.get_config('ViT-B-32')`,
+the paper preset's base model), float32, the study's OVT min step exactly as `core.train` runs it
+(`core.train.compiled_train_step`): a batch of 16 (11 multi-view + 5 2D pairs, about 2:1) of 224 px images and
+77-token captions, rotation/translation augmentation, LoRA folded into the frozen image tower, VIFormer, the frozen
+text tower, L_ITC + L_VI (4 hard views in the batch), AdamW on the 6.6M tuning parameters; the frozen backbone is a
+constant of the step. Compiled and warmed up, then timed over `--repeats` runs of at least `--seconds` seconds; the
+median is reported. Compare with the full CLIP training step of `clip_throughput.py` (both towers trained, batch 16),
+run in its own process. `min_step_runner` builds the same step for any omniview config and batch (the benchmark
+suite times the paper preset's batch of 512 + 256 with it, and the tiny preset's small CLIP for quick checks).
 The last line is {"benchmark": "omniview_min_step", "results": {"min_step_images_per_s": ...}}.
 """
 
@@ -18,49 +20,63 @@ import argparse
 import json
 import os
 
-from experiments.benchmarks.clip_throughput import _timed
+from experiments.benchmarks.clip_throughput import _timed, caption_token_ids
 
-BATCH, MULTIVIEW, IMAGE_SIZE, CONTEXT = 16, 11, 224, 77
+BATCH, MULTIVIEW = 16, 11
+ALIGNED_VIEWS = 4
 
 
-def min_step_rate(seconds: float, repeats: int, variant: str) -> float:
+def base_clip(config):
+    """The omniview config's base CLIP architecture: the named OpenCLIP model for imported bases, else the
+    from-scratch CLIP of the config's fields (vocabulary of the procedural captions)."""
+    from robust_jax.models import clip as clip_lib
+    from robust_jax.omniview import pretrain
+
+    if config.base_source in ("openclip", "huggingface") and config.base_model_name:
+        clip_config = clip_lib.get_config(config.base_model_name)
+        if clip_config.vision.image_size != config.image_size:
+            raise ValueError(f"config.image_size={config.image_size} but {config.base_model_name} takes "
+                             f"{clip_config.vision.image_size} px images")
+        return clip_lib.CLIP(clip_config)
+    return pretrain.build_model(config, pretrain.build_tokenizer(config).vocab_size)
+
+
+def min_step_runner(config, batch: int, multiview: int, variant: str = "ovt", seed: int = 0):
+    """The min step of `variant` for an omniview config as a `CoreStep`, on random base weights, images and captions:
+    `multiview` multi-view rows (the first ALIGNED_VIEWS aligned to targets) and batch - multiview 2D pairs."""
     import jax
     import numpy as np
 
-    from robust_jax.configs import omniview as omniview_config
-    from robust_jax.core import mesh as mesh_lib
-    from robust_jax.core.train import compiled_train_step, initial_state
+    from experiments.benchmarks.train_step import CoreStep
     from robust_jax.models import clip as clip_lib
     from robust_jax.omniview import tuning
 
-    config = omniview_config.get_config("paper")
-    model = clip_lib.CLIP(clip_lib.get_config("ViT-B-32"))
-    base = clip_lib.init_params(model, jax.random.key(0))
+    if not 0 < multiview <= batch:
+        raise ValueError(f"multiview={multiview} must be in [1, batch={batch}]")
+    model = base_clip(config)
+    base = clip_lib.init_params(model, jax.random.key(seed))
     setup = tuning.setup_variant(tuning.VARIANTS[variant], model, base, config, None)
-    mesh = mesh_lib.make_data_mesh()
-    state, shardings = initial_state(setup.init_fn, setup.optimizer, jax.random.key(1), mesh)
-    step = compiled_train_step(setup.loss_fn, setup.optimizer, shardings, mesh)
-    rng = np.random.default_rng(0)
-    rows = np.concatenate([np.arange(MULTIVIEW), np.full(BATCH - MULTIVIEW, -1)]).astype(np.int32)
-    batch = mesh_lib.global_batch(mesh, {
-        "image": rng.uniform(size=(BATCH, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
-        "row": rows, "example_id": np.arange(BATCH, dtype=np.int32),
-        "token_ids": rng.integers(1, 49407, (BATCH, CONTEXT)).astype(np.int32)})
-    num_objects = 4
-    slot = np.full(MULTIVIEW, -1, np.int32)
-    slot[:num_objects] = np.arange(num_objects)
-    constants = jax.device_put({"clip": base, "targets_TxE": rng.normal(size=(num_objects, 512)).astype(np.float32),
-                                "target_slot_N": slot}, mesh_lib.replicated(mesh))
-    train_key = jax.device_put(jax.random.key(2), mesh_lib.replicated(mesh))
-    holder = {"state": state}
+    rng = np.random.default_rng(seed)
+    size, text = model.config.vision.image_size, model.config.text
+    rows = np.concatenate([np.arange(multiview), np.full(batch - multiview, -1)]).astype(np.int32)
+    arrays = {"image": rng.uniform(size=(batch, size, size, 3)).astype(np.float32),
+              "row": rows, "example_id": np.arange(batch, dtype=np.int32),
+              "token_ids": caption_token_ids(rng, batch, text.context_length, text.vocab_size)}
+    aligned = min(ALIGNED_VIEWS, multiview)
+    slot = np.full(multiview, -1, np.int32)
+    slot[:aligned] = np.arange(aligned)
+    constants = {"clip": base, "targets_TxE": rng.normal(size=(aligned, model.config.embed_dim)).astype(np.float32),
+                 "target_slot_N": slot}
+    return CoreStep(setup.init_fn, setup.loss_fn, setup.optimizer, arrays, constants, seed=seed + 1)
 
-    def run(n):
-        metrics = None
-        for _ in range(n):
-            holder["state"], metrics = step(holder["state"], batch, train_key, constants)
-        jax.block_until_ready(metrics)
 
-    return _timed(run, seconds, repeats, BATCH)
+def min_step_rate(seconds: float, repeats: int, variant: str = "ovt", *, preset: str = "paper", batch: int = BATCH,
+                  multiview: int = MULTIVIEW) -> float:
+    """Median images/s of the min step of configs/omniview.py's `preset` (its base model) at `batch`."""
+    from robust_jax.configs import omniview as omniview_config
+
+    step = min_step_runner(omniview_config.get_config(preset), batch, multiview, variant)
+    return _timed(step.run, seconds, repeats, batch)
 
 
 def main(argv=None):
@@ -68,11 +84,16 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=20.0, help="minimum length of one timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", default="ovt", help="a tuning variant (ovt, lora_only, viformer_only, ...)")
+    parser.add_argument("--batch", type=int, default=BATCH, help="images per step (about 2/3 multi-view)")
+    parser.add_argument("--preset", default="paper", help="omniview preset whose base model is tuned")
     args = parser.parse_args(argv)
+    multiview = MULTIVIEW if args.batch == BATCH else max(1, round(2 * args.batch / 3))
     load_before = os.getloadavg()
-    rate = min_step_rate(args.seconds, args.repeats, args.variant)
+    rate = min_step_rate(args.seconds, args.repeats, args.variant, preset=args.preset, batch=args.batch,
+                         multiview=multiview)
     print(f"jax   min_step_images_per_s ({args.variant}) {rate:.2f}", flush=True)
-    print(json.dumps({"details": {"variant": args.variant, "batch": BATCH, "load_average_before": load_before,
+    print(json.dumps({"details": {"variant": args.variant, "batch": args.batch, "multiview": multiview,
+                                  "preset": args.preset, "load_average_before": load_before,
                                   "load_average_after": os.getloadavg()}}))
     print(json.dumps({"benchmark": "omniview_min_step", "results": {"min_step_images_per_s": rate}}))
 

@@ -48,21 +48,18 @@ def certifiable_classifiers(config):
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
+def measure(preset: str, batch: int, repeats: int) -> dict[str, float]:
+    """FLOPs (millions) and microseconds per noise sample of each method of configs/rrcm.py's `preset`, and the ratios
+    rrcm / denoised."""
     from robust_jax.configs import rrcm
     from robust_jax.smoothing.inference_cost import flops_per_sample, seconds_per_sample
 
-    config = rrcm.get_config(args.preset)
+    config = rrcm.get_config(preset)
     image_shape, classifiers = certifiable_classifiers(config)
     load_before = os.getloadavg()[0]
-    flops = {name: flops_per_sample(c.apply_fn, c.params, image_shape, args.batch) for name, c in classifiers.items()}
+    flops = {name: flops_per_sample(c.apply_fn, c.params, image_shape, batch) for name, c in classifiers.items()}
     seconds = seconds_per_sample({name: (c.apply_fn, c.params) for name, c in classifiers.items()}, image_shape,
-                                 args.batch, args.repeats)
+                                 batch, repeats)
     load_after = os.getloadavg()[0]
     results = {}
     for name in classifiers:
@@ -72,7 +69,17 @@ def main() -> None:
     results["rrcm_over_denoised_flops"] = flops["rrcm"] / flops["denoised"]
     results["rrcm_over_denoised_time"] = seconds["rrcm"] / seconds["denoised"]
     print(f"rrcm / denoised: FLOPs {results['rrcm_over_denoised_flops']:.3f}, time "
-          f"{results['rrcm_over_denoised_time']:.3f} (load average {load_before:.1f} -> {load_after:.1f})")
+          f"{results['rrcm_over_denoised_time']:.3f} (load average {load_before:.1f} -> {load_after:.1f})", flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args(argv)
+    results = measure(args.preset, args.batch, args.repeats)
     print(json.dumps({"benchmark": "rrcm_inference_cost", "results": results}))
 
 

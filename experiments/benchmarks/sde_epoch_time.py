@@ -69,6 +69,22 @@ def epoch_seconds(model_name: str, epochs: int, seed: int = 0) -> tuple[float, f
     return statistics.median(durations), compile_seconds, accuracy
 
 
+def measure(models, epochs: int, seeds) -> dict[str, float]:
+    """{"<model>_s_per_epoch": median over seeds, "<model>_test_accuracy": mean over seeds} after `epochs` epochs."""
+    results = {}
+    for name in models:
+        runs = [epoch_seconds(name, epochs, seed) for seed in seeds]
+        seconds = statistics.median(r[0] for r in runs)
+        accuracies = [r[2] for r in runs]
+        accuracy = statistics.fmean(accuracies)
+        print(f"{name}: {seconds:.4f} s/epoch (median of {epochs - 1} epochs x {len(seeds)} seeds; compile "
+              f"{runs[0][1]:.1f} s; load average {os.getloadavg()[0]:.1f}); test accuracy after {epochs} epochs "
+              + ", ".join(f"{a:.3f}" for a in accuracies) + f" (mean {accuracy:.3f})", flush=True)
+        results[f"{name}_s_per_epoch"] = round(seconds, 5)
+        results[f"{name}_test_accuracy"] = round(accuracy, 4)
+    return results
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20, help="epochs trained per seed (at least 2)")
@@ -78,18 +94,7 @@ def main(argv=None) -> dict:
     if args.epochs < 2:
         parser.error(f"--epochs={args.epochs} must be at least 2 (the first epoch compiles)")
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = {}
-    for name in args.models.split(","):
-        runs = [epoch_seconds(name, args.epochs, seed) for seed in seeds]
-        seconds = statistics.median(r[0] for r in runs)
-        accuracies = [r[2] for r in runs]
-        accuracy = statistics.fmean(accuracies)
-        print(f"{name}: {seconds:.4f} s/epoch (median of {args.epochs - 1} epochs x {len(seeds)} seeds; compile "
-              f"{runs[0][1]:.1f} s; load average {os.getloadavg()[0]:.1f}); test accuracy after {args.epochs} epochs "
-              + ", ".join(f"{a:.3f}" for a in accuracies) + f" (mean {accuracy:.3f})", flush=True)
-        results[f"{name}_s_per_epoch"] = round(seconds, 5)
-        results[f"{name}_test_accuracy"] = round(accuracy, 4)
-    line = {"benchmark": "sde_epoch_time", "results": results}
+    line = {"benchmark": "sde_epoch_time", "results": measure(args.models.split(","), args.epochs, seeds)}
     print(json.dumps(line))
     return line
 

@@ -85,19 +85,26 @@ def lsa_optimizer(steps: int, learning_rate: float) -> optax.GradientTransformat
         [optax.constant_schedule(learning_rate), optax.cosine_decay_schedule(learning_rate, steps - half)], [half]))
 
 
-def train_lsa(spec: PromptSpec, config, *, workdir: str, steps: int, batch_size: int, learning_rate: float,
-              mesh: Mesh, desc: str):
-    """SGD (the discrete version of the paper's gradient flow) on fresh prompts; constant rate for the first half,
-    then cosine decay to zero, which averages out the sampling noise of the final iterates."""
-    model, init_fn = lsa_model(config)
+def lsa_loss_fn(model: LinearSelfAttention, spec: PromptSpec) -> Callable:
+    """The core loss of LSA training: squared error of the query prediction on the prompts of `spec` drawn on device
+    for the batch's prompt indices ({"index": (B,)})."""
 
     def loss_fn(params, model_state, batch, key):
         prompts = prompts_at(key, spec, batch["index"])
         predictions = model.apply(params, prompts.xs_BxMxD, prompts.ys_BxM, prompts.x_query_BxD)
         return squared_loss(predictions, prompts.target_B), ({}, model_state)
 
+    return loss_fn
+
+
+def train_lsa(spec: PromptSpec, config, *, workdir: str, steps: int, batch_size: int, learning_rate: float,
+              mesh: Mesh, desc: str):
+    """SGD (the discrete version of the paper's gradient flow) on fresh prompts; constant rate for the first half,
+    then cosine decay to zero, which averages out the sampling noise of the final iterates."""
+    model, init_fn = lsa_model(config)
     state = train(
-        workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=lsa_optimizer(steps, learning_rate),
+        workdir=workdir, init_fn=init_fn, loss_fn=lsa_loss_fn(model, spec),
+        optimizer=lsa_optimizer(steps, learning_rate),
         batches=IndexBatches(batch_size=batch_size, process_index=jax.process_index(),
                              process_count=jax.process_count()),
         loop=loop_config(config, num_steps=steps, micro_batch_size=0), mesh=mesh, desc=desc,

@@ -154,10 +154,9 @@ def _finetune_loss(config, network, sigma):
                                  copies=config.consistency_copies, max_translation=config.max_translation)
 
 
-def pretrain(config: ml_collections.ConfigDict, data: StudyData, method_dir: str, mesh: Mesh):
-    """The pretraining's final TrainState (trained, or restored when finished)."""
-    block = config.rrcm
-    network = build_network(block, 0, data.image_shape)
+def pretrain_functions(block: ml_collections.ConfigDict, image_shape: tuple) -> tuple:
+    """(init_fn, loss_fn, optimizer) of the pretraining of config.rrcm on `image_shape` images, for core.train."""
+    network = build_network(block, 0, image_shape)
     steps = block.pretrain_steps
     loss_fn = make_pretrain_loss_fn(
         network,
@@ -165,10 +164,16 @@ def pretrain(config: ml_collections.ConfigDict, data: StudyData, method_dir: str
         ema_schedule=EmaRateSchedule(steps, block.ema_start, block.ema_end),
         temperature=block.temperature,
     )
-    return train(workdir=os.path.join(method_dir, PRETRAIN_DIR),
-                 init_fn=make_pretrain_init_fn(network, data.image_shape), loss_fn=loss_fn,
-                 optimizer=pretrain_optimizer(block), batches=data.make_batches(block.pretrain_batch_size),
-                 loop=loop_config(config, num_steps=steps), mesh=mesh, desc="rrcm pretrain").state
+    return make_pretrain_init_fn(network, image_shape), loss_fn, pretrain_optimizer(block)
+
+
+def pretrain(config: ml_collections.ConfigDict, data: StudyData, method_dir: str, mesh: Mesh):
+    """The pretraining's final TrainState (trained, or restored when finished)."""
+    block = config.rrcm
+    init_fn, loss_fn, optimizer = pretrain_functions(block, data.image_shape)
+    return train(workdir=os.path.join(method_dir, PRETRAIN_DIR), init_fn=init_fn, loss_fn=loss_fn,
+                 optimizer=optimizer, batches=data.make_batches(block.pretrain_batch_size),
+                 loop=loop_config(config, num_steps=block.pretrain_steps), mesh=mesh, desc="rrcm pretrain").state
 
 
 def fit(config: ml_collections.ConfigDict, data: StudyData, method_dir: str,

@@ -60,11 +60,16 @@ def test_benchmark_ratios_from_saved_outputs(tmp_path):
     (tmp_path / "icl.txt").write_text('jax tiny 17.82 steps/s\n{"details": {"tiny_speedup_vs_torch": 1.5}}\n'
                                       '{"benchmark": "icl_throughput", "results": {"tiny_steps_per_s": 17.82}}\n')
     (tmp_path / "sde.txt").write_text('{"benchmark": "sde_epoch_time", "results": {"lsde_s_per_epoch": 0.127}}\n')
+    (tmp_path / "clip.txt").write_text('{"benchmark": "clip_throughput", "results": {"forward_images_per_s": 21.48, '
+                                       '"forward_images_per_s_vs_torch": 1.2}}\n')
     references = reproduce.load_figures()["benchmark"]
     text = "\n".join(reproduce.benchmark_section(str(tmp_path), references))
     assert re.search(r"\| icl_throughput \|.*`tiny_steps_per_s`.*\| 17\.82 \| 8\.91 \| 2\.00x \|", text)
     assert re.search(r"\| sde_epoch_time \|.*`lsde_s_per_epoch`.*\| 0\.127 \| 0\.254 \| 2\.00x \|", text)
+    assert re.search(r"\| clip_throughput \|.*`forward_images_per_s`.*\| 21\.48 \| 17\.9 \| 1\.20x \|", text)
+    assert "same process (icl.txt; saved before the separate-process harness" in text
     assert "tiny_speedup_vs_torch 1.50x" in text
+    assert "alternating separate processes (clip.txt): forward_images_per_s_vs_torch 1.20x" in text
     assert reproduce.benchmark_section(str(tmp_path / "none"), references) == []
 
 

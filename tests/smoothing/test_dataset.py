@@ -1,6 +1,5 @@
 """Dataset certification: one TSV line per example, and resuming gives the lines an uninterrupted run gives."""
 
-import io
 import os
 import pathlib
 import signal

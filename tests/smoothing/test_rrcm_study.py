@@ -11,7 +11,7 @@ import pytest
 
 from robust_jax.configs import rrcm
 from robust_jax.core.run import run_study
-from robust_jax.smoothing import rrcm_method, study
+from robust_jax.smoothing import rrcm_method
 from robust_jax.smoothing.denoised_method import TinyUNet, make_denoiser_init_fn
 from robust_jax.smoothing.inference_cost import flops_per_sample
 
