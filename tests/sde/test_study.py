@@ -90,6 +90,9 @@ def test_reference_batch_rule(num_train, expected):
         ("models", ("lsde", "lsde"), r"config\.models=.*must not repeat"),
         ("eval_batch_size", 12, r"config\.eval_batch_size=12.*divisible"),
         ("epochs", 0, r"config\.epochs=0.*>= 1"),
+        ("head_init", "glorot", r"config\.head_init='glorot'.*\['default', 'xavier'\]"),
+        ("weight_decay_scale", -0.01, r"config\.weight_decay_scale=-0\.01.*>= 0"),
+        ("last_layer_grad_scale", 0.0, r"config\.last_layer_grad_scale=0\.0.*> 0"),
     ],
 )
 def test_bad_config_names_the_field(field, value, match, tmp_path):
