@@ -43,7 +43,8 @@ def test_xavier_head_matches_the_formula(inputs, key):
         # The sample variance of n uniforms has relative standard deviation sqrt(0.8 / n) (fourth moment 9/5 σ^4).
         n = kernel.size
         assert abs(np.mean(kernel**2) / variance - 1) < 5 * np.sqrt(0.8 / n)
-        assert np.abs(kernel).max() <= bound * (1 + 1e-6) and np.abs(kernel).max() > bound * (1 - 20 / n)  # uniform up to the edge
+        largest = np.abs(kernel).max()
+        assert bound * (1 - 20 / n) < largest <= bound * (1 + 1e-6)  # uniform, up to the edge
         np.testing.assert_array_equal(np.asarray(params["head"][name]["bias"]), np.full(fan_out, 0.01, np.float32))
     # Flax's default for the last layer, LeCun normal (variance 1 / fan_in), is far from Xavier's here.
     default_kernel = np.asarray(default_params["head"]["Dense_1"]["kernel"], np.float64)
