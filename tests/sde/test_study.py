@@ -108,6 +108,7 @@ def test_presets_pass_the_checks():
     for preset in sde_configs.PRESETS:
         study.check_config(sde_configs.get_config(preset), device_count=1)
     assert len(sde_configs.get_config("paper").seeds) == 5
+    assert len(sde_configs.get_config("cpu").seeds) == 3
 
 
 def test_summary_over_seeds_against_a_hand_computation():
