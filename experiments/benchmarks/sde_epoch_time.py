@@ -117,7 +117,9 @@ def reference_data(seed: int) -> dict:
 
 def torch_classifier(model_name: str, channels: int, num_classes: int, reference_protocol: bool = False,
                      hidden: int = HIDDEN, layers: int = LAYERS):
-    """Our SDEClassifier (default options) in PyTorch, layer for layer, solved by torchsde's Itô Euler.
+    """Our SDEClassifier in PyTorch, layer for layer, solved by torchsde's Itô Euler; with `reference_protocol` the
+    head is Xavier-initialised (biases 0.01) and its last layer's gradient multiplied by 100 (a hook), as in the
+    reference code.
 
     forward(times, coeffs, bm=None): coeffs from torchcde.hermite_cubic_coefficients_with_backward_differences;
     bm: a torchsde Brownian motion of shape (batch, hidden) (default: torchsde's own interval)."""
@@ -267,7 +269,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--reference_protocol", action="store_true",
                         help="the reference code's options: Xavier head, weight decay lr x 0.01, x100 last-layer grad")
     parser.add_argument("--with_torch_reference", action="store_true",
-                        help="also time the PyTorch reference (torchsde + torchcde, 2 threads), alternating processes")
+                        help="also time the PyTorch reference (torchsde + torchcde), alternating processes with ours")
     parser.add_argument("--torch_threads", type=int, default=2, help="torch.set_num_threads for the reference")
     alternate.add_side_flags(parser)
     args = parser.parse_args(argv)
