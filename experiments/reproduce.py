@@ -208,9 +208,10 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-# Minutes each study's cpu preset took in `make reproduce` on the project's 2-core CPU (2026-11-30, 29 min in all).
-# They weight the ETA: the studies left, scaled by how fast this machine ran the ones done so far.
-CPU_PRESET_MINUTES = {"digits": 0.4, "icl": 8.4, "smoothing": 10.6, "sde": 3.9, "omniview": 5.9}
+# Minutes each study's cpu preset took in `make reproduce` on the project's 2-core CPU (2026-11-30, 29 min in all;
+# sde: three times that run's one-seed 3.9 min, as its preset now runs 3 seeds). They weight the ETA: the studies
+# left, scaled by how fast this machine ran the ones done so far.
+CPU_PRESET_MINUTES = {"digits": 0.4, "icl": 8.4, "smoothing": 10.6, "sde": 11.8, "omniview": 5.9}
 
 
 def estimate_eta(left: list[str], run_seconds: dict[str, float], preset: str) -> str:

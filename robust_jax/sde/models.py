@@ -21,6 +21,10 @@ GSDE drift exactly z·γ and z0 = softplus(Linear(X(t0))) + 1e-4 > 0, so the pap
 time features stay sin/cos unless `time_features='linear'`: the theory needs σ(t) bounded on the horizon, and a
 LipSwish MLP of raw t grows with t (over t in [0, 10] such an LNSDE overflows under Euler–Maruyama at dt = 0.01).
 
+The reference initialises the head's two Linear layers Xavier-uniform with biases 0.01; `head_init='xavier'` does
+the same (default: Flax's initialisers, as the study's results so far were measured). Its other protocol options,
+weight decay and the x100 gradient on the last layer (`LAST_LAYER`), are the optimizer's: `robust_jax.sde.training`.
+
 Solvers: 'euler' (default) is Itô Euler–Maruyama as a `lax.scan` on the observation grid (dt = the grid spacing; the
 reference's dt = max(min Δt, 1e-3) is the same for series of up to 1001 points); 'diffrax_euler' and
 'diffrax_milstein' use diffrax with a VirtualBrownianTree on the same step size.
@@ -28,6 +32,7 @@ reference's dt = max(min Δt, 1e-3) is the same for series of up to 1001 points)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -40,6 +45,9 @@ from robust_jax.sde import solvers
 MODELS = ("lsde", "lnsde", "gsde", "naive_sde", "ncde")
 SOLVERS = ("euler", "diffrax_euler", "diffrax_milstein")
 GSDE_GATES = ("tanh", "one_minus_sigmoid")
+HEAD_INITS = ("default", "xavier")
+# The parameter path of the classifier's last Linear (the head's second Dense), whose gradient the reference scales.
+LAST_LAYER = ("head", "Dense_1")
 
 
 def lipswish(x: jax.Array) -> jax.Array:
@@ -154,17 +162,27 @@ class CDEField(nn.Module):
 
 
 class Head(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> Dropout -> Linear. init 'xavier': both Linear kernels Xavier-uniform
+    (variance 2 / (fan_in + fan_out)) and biases 0.01, as the reference initialises its classifier; 'default':
+    Flax's (LeCun-normal kernels, zero biases)."""
+
     hidden_dim: int
     num_classes: int
     dropout_rate: float = 0.1
+    init: str = "default"
 
     @nn.compact
     def __call__(self, z, *, train: bool):
-        h = nn.Dense(self.hidden_dim)(z)
+        if self.init == "xavier":
+            dense = functools.partial(nn.Dense, kernel_init=nn.initializers.xavier_uniform(),
+                                      bias_init=nn.initializers.constant(0.01))
+        else:
+            dense = nn.Dense
+        h = dense(self.hidden_dim)(z)
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(h)
         h = jax.nn.relu(h)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-        return nn.Dense(self.num_classes)(h)
+        return dense(self.num_classes)(h)  # its parameters sit at LAST_LAYER
 
 
 class SDEClassifier(nn.Module):
@@ -185,6 +203,7 @@ class SDEClassifier(nn.Module):
     gsde_gate: str = "tanh"
     solver: str = "euler"
     dropout_rate: float = 0.1
+    head_init: str = "default"  # 'default' (Flax's) | 'xavier' (the reference's; see Head)
 
     def setup(self):
         check_model_name(self.model)
@@ -192,6 +211,8 @@ class SDEClassifier(nn.Module):
             raise ValueError(f"solver={self.solver!r} must be one of {', '.join(SOLVERS)}")
         if self.gsde_gate not in GSDE_GATES:
             raise ValueError(f"gsde_gate={self.gsde_gate!r} must be one of {', '.join(GSDE_GATES)}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"head_init={self.head_init!r} must be one of {', '.join(HEAD_INITS)}")
         kind = self.time_features
         if kind not in ("sincos", "linear"):
             raise ValueError(f"time_features={kind!r} must be 'sincos' or 'linear'")
@@ -212,7 +233,7 @@ class SDEClassifier(nn.Module):
                 self.gsde_gate,
             )
             self.noise = Diffusion(self.model, self.hidden_dim, kind, activation, clip)
-        self.head = Head(self.hidden_dim, self.num_classes, self.dropout_rate)
+        self.head = Head(self.hidden_dim, self.num_classes, self.dropout_rate, self.head_init)
 
     def initial_state(self, x0: jax.Array) -> jax.Array:
         z0 = self.initial(x0)

@@ -9,6 +9,10 @@ Workdir layout: `<dataset>/missing=<rate>/<model>/seed=<seed>/` holds one cell (
 TensorBoard, cell_result.json); a finished cell is never trained again, an interrupted one resumes from its checkpoint,
 so an interrupted grid picks up where it stopped. The report: `accuracy.md` (table) and `accuracy_vs_missing.png`.
 
+The reference code's protocol options are config fields, off unless a preset sets them (the `paper` preset does):
+head_init ('xavier'), weight_decay_scale (0.01: Adam's coupled L2 decay = 0.01 x learning rate) and
+last_layer_grad_scale (100).
+
 results.json metrics:
   accuracy[model]["missing=<rate>"]                      mean over datasets and seeds
   accuracy_std[model]["missing=<rate>"]                  std over seeds of the dataset-averaged accuracy
@@ -16,6 +20,7 @@ results.json metrics:
   accuracy_std_per_dataset[dataset][model][...]          std over seeds (0 with one seed)
   drop_0_to_50[model]                                    accuracy at 0% minus at 50% missing, averaged over datasets
                                                          (only when both rates are in the grid)
+  drop_0_to_50_std[model]                                std over seeds of that drop (dataset-averaged per seed)
   diverged                                               cells whose training loss became non-finite
 """
 
@@ -32,7 +37,7 @@ from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.progress import Progress
 from robust_jax.data.timeseries import offline_datasets, prepare_timeseries
-from robust_jax.sde.models import MODELS, SOLVERS, SDEClassifier
+from robust_jax.sde.models import HEAD_INITS, MODELS, SOLVERS, SDEClassifier
 from robust_jax.sde.training import Protocol, restore_cell, train_cell
 
 
@@ -41,6 +46,9 @@ def rate_name(rate: float) -> str:
 
 
 AUTO_BATCH_SIZE = True  # config.batch_size = 0: the reference's rule, per dataset
+# The reference's protocol options (config fields) switched off, and as the reference's code sets them.
+REFERENCE_OPTIONS_OFF = {"head_init": "default", "weight_decay_scale": 0.0, "last_layer_grad_scale": 1.0}
+REFERENCE_OPTIONS_ON = {"head_init": "xavier", "weight_decay_scale": 0.01, "last_layer_grad_scale": 100.0}
 
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
@@ -71,6 +79,14 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_float("config.lr_decay", config.lr_decay, positive=True)
     checks.check_int("config.eval_batch_size", config.eval_batch_size, minimum=1)
     checks.check_divisible("config.eval_batch_size", config.eval_batch_size, device_count, "the device count")
+    checks.check_choice("config.head_init", config.head_init, HEAD_INITS)
+    checks.check_float("config.weight_decay_scale", config.weight_decay_scale, non_negative=True)
+    checks.check_float("config.last_layer_grad_scale", config.last_layer_grad_scale, positive=True)
+
+
+def _protocol_option(config: ml_collections.ConfigDict, name: str):
+    """A reference-protocol field; runs saved before the fields existed trained without the options."""
+    return config.get(name, REFERENCE_OPTIONS_OFF[name])
 
 
 def build_model(config: ml_collections.ConfigDict, model: str, num_classes: int) -> SDEClassifier:
@@ -82,6 +98,7 @@ def build_model(config: ml_collections.ConfigDict, model: str, num_classes: int)
         num_hidden_layers=config.num_hidden_layers,
         theory=config.theory,
         solver=config.solver,
+        head_init=_protocol_option(config, "head_init"),
     )
 
 
@@ -100,6 +117,8 @@ def protocol_from(config: ml_collections.ConfigDict) -> Protocol:
         keep_checkpoints=config.keep_checkpoints,
         fsdp_min_size=config.fsdp_min_size,
         micro_batch_size=config.micro_batch_size,
+        weight_decay_scale=_protocol_option(config, "weight_decay_scale"),
+        last_layer_grad_scale=_protocol_option(config, "last_layer_grad_scale"),
     )
 
 
@@ -182,6 +201,9 @@ def summarise(accuracy: dict, datasets, rates, models, seeds) -> dict:
         metrics["drop_0_to_50"] = {
             m: float(np.mean(per_dataset_mean[:, i, clean] - per_dataset_mean[:, i, half])) for i, m in enumerate(models)
         }
+        # Each seed's dataset-averaged drop: its spread is the seed noise the claim has to beat.
+        seed_drops = seed_curves[:, clean] - seed_curves[:, half]  # (model, seed)
+        metrics["drop_0_to_50_std"] = {m: float(seed_drops[i].std()) for i, m in enumerate(models)}
     return metrics
 
 
@@ -194,7 +216,7 @@ def accuracy_table(metrics: dict, rates, models) -> str:
         cells = [f"{metrics['accuracy'][m][rate_name(r)]:.3f} ± {metrics['accuracy_std'][m][rate_name(r)]:.3f}"
                  for r in rates]
         if "drop_0_to_50" in metrics:
-            cells.append(f"{metrics['drop_0_to_50'][m]:+.3f}")
+            cells.append(f"{metrics['drop_0_to_50'][m]:+.3f} ± {metrics['drop_0_to_50_std'][m]:.3f}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

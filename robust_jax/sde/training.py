@@ -13,6 +13,10 @@ its best epoch instead of aborting the whole grid, since divergence of the naive
 measures. The loss, the initialisation and the optimizer are cached per (model, shapes, schedule), and the observation
 grid reaches the step as `constants`, so the core compiles the step once and every missing rate and seed reuses it.
 
+The reference's optimizer options, off by default (`Protocol.weight_decay_scale`, `last_layer_grad_scale`; the
+model's `head_init` is the third): torch.optim.Adam(lr, weight_decay=lr * 0.01) and a x100 hook on the gradient of
+the classifier's last Linear (`protocol_optimizer`).
+
 Randomness: step s uses fold_in(train_key, s), split into a Brownian key and a dropout key; example i of the pooled
 dataset gets the Brownian motion fold_in(brownian_key, i), so its noise does not depend on the batch it lands in.
 Evaluation uses the fixed fold_in(eval_key, i) at every epoch, so the validation curve is not a noise lottery.
@@ -38,7 +42,7 @@ from robust_jax.core.evaluate import padded_batches
 from robust_jax.core.train import Evaluation, TrainLoopConfig, TrainState, restore_latest_state, train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.data.timeseries import TimeSeriesData
-from robust_jax.sde.models import SDEClassifier
+from robust_jax.sde.models import LAST_LAYER, SDEClassifier
 
 RESULT_FILE = "cell_result.json"
 
@@ -58,12 +62,49 @@ class Protocol:
     keep_checkpoints: int = 1
     fsdp_min_size: int = 0
     micro_batch_size: int = 0
+    # The reference's optimizer options (off by default: the study's results so far were measured without them).
+    weight_decay_scale: float = 0.0  # L2 weight decay = scale x learning_rate, added to the gradient (0.01: reference)
+    last_layer_grad_scale: float = 1.0  # the head's last Linear gets this x its gradient (100: reference)
 
 
 def reference_batch_size(num_train: int) -> int:
     """The largest 2^i, i in 4..7, not above num_train / 2; 16 when even that is too big (at most num_train)."""
     fitting = [2**i for i in range(4, 8) if 2**i <= num_train / 2]
     return min(max(fitting) if fitting else 16, num_train)
+
+
+def scale_last_layer(factor: float) -> optax.GradientTransformation:
+    """Multiplies the gradient of the classifier's last Linear (`models.LAST_LAYER`, kernel and bias) by `factor`,
+    as the reference's gradient hooks do; every other gradient passes unchanged."""
+
+    def mask(params):
+        def in_last_layer(path, _):
+            return tuple(getattr(entry, "key", None) for entry in path[:len(LAST_LAYER)]) == LAST_LAYER
+
+        selected = jax.tree_util.tree_map_with_path(in_last_layer, params)
+        if not any(jax.tree.leaves(selected)):
+            raise ValueError(f"scale_last_layer: the parameters have no {'/'.join(LAST_LAYER)} layer")
+        return selected
+
+    return optax.masked(optax.scale(factor), mask)
+
+
+def protocol_optimizer(schedule, learning_rate: float, weight_decay_scale: float = 0.0,
+                       last_layer_grad_scale: float = 1.0) -> optax.GradientTransformation:
+    """Adam on `schedule`, with the reference's options: torch.optim.Adam(lr, weight_decay=lr * 0.01) adds
+    weight_decay * params to the gradient before the moments (coupled L2, not AdamW), with the initial learning rate
+    (StepLR changes the step size, not the decay); the last layer's gradient hook (x100) acts before that.
+
+    Under Adam, whose step is nearly invariant to a parameter's gradient scale, the x100 mostly shrinks the weight
+    decay's and epsilon's share of the last layer's update. Without options this is plain `optax.adam(schedule)`, the
+    optimizer state of earlier checkpoints."""
+    parts = []
+    if last_layer_grad_scale != 1.0:
+        parts.append(scale_last_layer(last_layer_grad_scale))
+    if weight_decay_scale:
+        parts.append(optax.add_decayed_weights(weight_decay_scale * learning_rate))
+    adam = optax.adam(schedule)
+    return optax.chain(*parts, adam) if parts else adam
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +120,12 @@ class CellFunctions:
 
 @functools.lru_cache(maxsize=32)
 def cell_functions(model: SDEClassifier, learning_rate: float, steps_per_epoch: int, lr_step_epochs: int,
-                   lr_decay: float, times_shape: tuple, coeff_shapes: tuple) -> CellFunctions:
+                   lr_decay: float, times_shape: tuple, coeff_shapes: tuple, weight_decay_scale: float = 0.0,
+                   last_layer_grad_scale: float = 1.0) -> CellFunctions:
     schedule = optax.exponential_decay(
         learning_rate, transition_steps=lr_step_epochs * steps_per_epoch, decay_rate=lr_decay, staircase=True
     )
-    optimizer = optax.adam(schedule)
+    optimizer = protocol_optimizer(schedule, learning_rate, weight_decay_scale, last_layer_grad_scale)
     per_example_keys = model.solver == "euler"
 
     def brownian(key, index):
@@ -164,7 +206,8 @@ def cell_setup(model: SDEClassifier, data: TimeSeriesData, protocol: Protocol, d
     steps_per_epoch = num_train // batch_size  # a final partial batch is dropped (ArrayBatches)
     coeff_shapes = tuple((batch_size, *train_arrays[name].shape[1:]) for name in COEFF_NAMES)
     fns = cell_functions(model, protocol.learning_rate, steps_per_epoch, protocol.lr_step_epochs, protocol.lr_decay,
-                         tuple(np.shape(data.times)), coeff_shapes)
+                         tuple(np.shape(data.times)), coeff_shapes, protocol.weight_decay_scale,
+                         protocol.last_layer_grad_scale)
     return batch_size, steps_per_epoch, fns
 
 

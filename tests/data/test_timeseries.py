@@ -79,6 +79,19 @@ def test_fill_follows_the_reference():
     np.testing.assert_allclose(filled, [1.0, 1.0, 2.0, 3.0, 4.0, 4.0], atol=1e-6)
 
 
+def test_hermite_matches_torchcde_with_missing_values(basic_motions):
+    torch = pytest.importorskip("torch")
+    torchcde = pytest.importorskip("torchcde")
+    data = basic_motions  # 30% of the time points dropped: leading, interior and trailing gaps
+    assert np.isnan(data.values[:, 0, 1:]).any() and np.isnan(data.values[:, -1, 1:]).any()
+    theirs = torchcde.hermite_cubic_coefficients_with_backward_differences(
+        torch.tensor(data.values, dtype=torch.float64), t=torch.tensor(data.times, dtype=torch.float64)).numpy()
+    a, b, two_c, three_d = np.split(theirs, 4, axis=-1)  # torchcde: a + b s + (2c / 2) s^2 + (3d / 3) s^3
+    d, c, b_ours, a_ours = data.coeffs
+    for mine, reference in ((a_ours, a), (b_ours, b), (c, two_c / 2), (d, three_d / 3)):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
 def test_hermite_matches_diffrax_without_missing_values():
     diffrax = pytest.importorskip("diffrax")
     times = jnp.linspace(0.0, 1.0, 17)

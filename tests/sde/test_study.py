@@ -39,6 +39,7 @@ def test_tiny_study_reports_every_model_and_rate(tiny_run):
             assert metrics["accuracy"][model][rate] == per_dataset[rate]  # one dataset, one seed
             assert metrics["accuracy_std"][model][rate] == 0.0  # one seed
         assert metrics["drop_0_to_50"][model] == pytest.approx(per_dataset["missing=0"] - per_dataset["missing=0.5"])
+        assert metrics["drop_0_to_50_std"][model] == 0.0  # one seed
     assert metrics["diverged"] == []
     for name in ("accuracy_vs_missing.png", "accuracy.md", "results.json", "config.json"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
@@ -90,6 +91,9 @@ def test_reference_batch_rule(num_train, expected):
         ("models", ("lsde", "lsde"), r"config\.models=.*must not repeat"),
         ("eval_batch_size", 12, r"config\.eval_batch_size=12.*divisible"),
         ("epochs", 0, r"config\.epochs=0.*>= 1"),
+        ("head_init", "glorot", r"config\.head_init='glorot'.*\['default', 'xavier'\]"),
+        ("weight_decay_scale", -0.01, r"config\.weight_decay_scale=-0\.01.*>= 0"),
+        ("last_layer_grad_scale", 0.0, r"config\.last_layer_grad_scale=0\.0.*> 0"),
     ],
 )
 def test_bad_config_names_the_field(field, value, match, tmp_path):
@@ -104,3 +108,20 @@ def test_presets_pass_the_checks():
     for preset in sde_configs.PRESETS:
         study.check_config(sde_configs.get_config(preset), device_count=1)
     assert len(sde_configs.get_config("paper").seeds) == 5
+    assert len(sde_configs.get_config("cpu").seeds) == 3
+
+
+def test_summary_over_seeds_against_a_hand_computation():
+    # Two datasets, rates 0 and 0.5, two seeds: accuracy = base[dataset, rate] + shift[seed].
+    datasets, rates, models, seeds = ["A", "B"], [0.0, 0.5], ["m"], [0, 1]
+    base = {("A", 0.0): 0.9, ("A", 0.5): 0.7, ("B", 0.0): 0.8, ("B", 0.5): 0.8}
+    shift = {0: 0.0, 1: 0.1}
+    recovered = {0: 0.0, 1: 0.04}  # seed 1 loses 0.04 less at 50% on dataset A
+    accuracy = {(d, r, "m", s): base[d, r] + shift[s] + (recovered[s] if (d, r) == ("A", 0.5) else 0.0)
+                for d in datasets for r in rates for s in seeds}
+    metrics = study.summarise(accuracy, datasets, rates, models, seeds)
+    # Seed 0: drops A 0.2, B 0.0 -> 0.1; seed 1: A 0.16, B 0.0 -> 0.08.
+    assert metrics["drop_0_to_50"]["m"] == pytest.approx(0.09)
+    assert metrics["drop_0_to_50_std"]["m"] == pytest.approx(0.01)
+    assert metrics["accuracy"]["m"]["missing=0"] == pytest.approx(0.9)  # (0.85 + 0.95) / 2
+    assert metrics["accuracy_std"]["m"]["missing=0"] == pytest.approx(0.05)
