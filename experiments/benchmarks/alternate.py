@@ -36,6 +36,23 @@ def print_side(side: str, figures: dict):
     print(json.dumps({"side": side, "figures": figures}), flush=True)
 
 
+def run_side_if_asked(args, ours, reference) -> bool:
+    """With --side, time that side in this process (ours(args) or reference(args)), print its figures and return
+    True; else return False."""
+    if args.side is None:
+        return False
+    print_side(args.side, ours(args) if args.side == "ours" else reference(args))
+    return True
+
+
+def ours_with_ratios(comparison: dict) -> dict:
+    """{figure: our median} plus {figure + "_vs_torch": ratio} for the figures both sides report."""
+    results = {name: figure["ours"] for name, figure in comparison["figures"].items()}
+    results.update({f"{name}_vs_torch": figure["ratio"] for name, figure in comparison["figures"].items()
+                    if "ratio" in figure})
+    return results
+
+
 def _last_json(stdout: str, command: list[str]) -> dict:
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):

@@ -395,8 +395,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.side is not None:
-        alternate.print_side(args.side, ours(args) if args.side == "ours" else reference(args))
+    if alternate.run_side_if_asked(args, ours, reference):
         return
 
     details = {"load_average_before": os.getloadavg(), "dtype": args.dtype, "depth": args.depth,

@@ -208,8 +208,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.side is not None:
-        alternate.print_side(args.side, ours(args) if args.side == "ours" else reference(args))
+    if alternate.run_side_if_asked(args, ours, reference):
         return
     details = {"load_average_before": os.getloadavg(), "model": args.model, "forward_batch": args.forward_batch,
                "train_batch": args.train_batch}
@@ -218,8 +217,7 @@ def main(argv=None):
                      f"--train_batch={args.train_batch}", f"--seconds={args.seconds}", f"--repeats={args.repeats}"]
         comparison = alternate.compare("experiments.benchmarks.clip_throughput", forwarded, args.pairs)
         details["comparison"] = comparison
-        results = {name: figure["ours"] for name, figure in comparison["figures"].items()}
-        results.update({f"{name}_vs_torch": figure["ratio"] for name, figure in comparison["figures"].items()})
+        results = alternate.ours_with_ratios(comparison)
     else:
         results = ours(args)
         for name, value in results.items():

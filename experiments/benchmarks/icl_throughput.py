@@ -181,8 +181,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.side is not None:
-        alternate.print_side(args.side, ours(args) if args.side == "ours" else reference(args))
+    if alternate.run_side_if_asked(args, ours, reference):
         return
     details = {"load_average_before": os.getloadavg(), "dtype": args.dtype,
                "micro_batch_size": "16 on CPU, 0 elsewhere" if args.micro_batch_size is None
@@ -194,8 +193,7 @@ def main(argv=None):
             forwarded.append(f"--micro_batch_size={args.micro_batch_size}")
         comparison = alternate.compare("experiments.benchmarks.icl_throughput", forwarded, args.pairs)
         details["comparison"] = comparison
-        results = {name: figure["ours"] for name, figure in comparison["figures"].items()}
-        results.update({f"{name}_vs_torch": figure["ratio"] for name, figure in comparison["figures"].items()})
+        results = alternate.ours_with_ratios(comparison)
     else:
         results = ours(args)
     details["load_average_after"] = os.getloadavg()
