@@ -18,8 +18,8 @@ forward batch under no_grad, and the same loss, AdamW and batch for the train st
 ours and the reference in separate processes, alternating `--pairs` times (experiments/benchmarks/alternate.py: two
 runtimes in one process slow each other's thread pools), and prints both medians, the ratio and the load average.
 Earlier reference (open-clip-torch 3.3, ViT-B-32 random init, torch 2.13 CPU, 2 threads, on the project's 2-core
-machine, quiet): forward 17.9 images/s, train 2.97 images/s; targets >= 1.2x of both (open_clip cannot be installed
-here, hence the HF model).
+machine, quiet): forward 17.9 images/s, train 2.97 images/s; targets >= 1.2x of both (open_clip itself is not a
+dependency: the reference is the HF model configured as its ViT-B-32).
 The last line is {"benchmark": "clip_throughput", "results": {"forward_images_per_s": ..., "train_images_per_s": ...}}
 (with the reference also "forward_images_per_s_vs_torch" and "train_images_per_s_vs_torch").
 """

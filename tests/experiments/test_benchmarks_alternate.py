@@ -1,7 +1,6 @@
 """experiments/benchmarks/alternate.py: each side in its own process, alternating, medians and ratios."""
 
 import os
-import sys
 import textwrap
 
 import numpy as np
@@ -59,4 +58,3 @@ def test_failing_side_names_its_command(tmp_path, monkeypatch):
         alternate.compare("broken_benchmark", [], pairs=1, log=lambda line: None)
     with pytest.raises(ValueError, match="pairs"):
         alternate.compare("broken_benchmark", [], pairs=0)
-    assert sys.executable  # the sides run under this interpreter
