@@ -126,6 +126,31 @@ def prediction_agreement(model, variables, dtype_name: str, images: int | np.nda
     return agree / total
 
 
+def stream_agreement(apply_fn, params, images: np.ndarray, batch_size: int = BATCH_SIZE, streams: int = 2,
+                     seed: int = 1) -> float:
+    """Fraction of noisy inputs (batch_size noisy copies of each image) on which the counting step's one-CPU-device
+    form (`streams` single-threaded programs, each on its share of the rows: sampling.counting_streams) predicts the
+    same class as one program on the whole batch with XLA's default threading."""
+    import jax
+
+    whole = jax.jit(apply_fn)
+    share = -(-batch_size // streams)
+    single_threaded = jax.jit(apply_fn, compiler_options={"xla_cpu_multi_thread_eigen": False})
+    rng = np.random.default_rng(seed)
+    agree = total = 0
+    for x in images:
+        noisy = x + SIGMA * rng.standard_normal((batch_size, *x.shape)).astype(np.float32)
+        want = np.argmax(np.asarray(whole(params, noisy)), -1)
+        padded = np.concatenate([noisy, np.repeat(noisy[-1:], share * streams - batch_size, 0)])
+        got = np.concatenate([np.argmax(np.asarray(single_threaded(params, padded[s * share:(s + 1) * share])), -1)
+                              for s in range(streams)])[:batch_size]
+        agree += int(np.sum(want == got))
+        total += want.size
+    print(f"agreement of {streams} single-threaded shares with one program: {agree / total:.4f} "
+          f"({total} noisy inputs)", flush=True)
+    return agree / total
+
+
 def digits_as_cifar(images_Nx8x8x1: np.ndarray) -> np.ndarray:
     """sklearn digits (8x8, one channel, [0, 1]) as 32x32 RGB images: each pixel repeated 4x4, grey in all channels."""
     upsampled = np.repeat(np.repeat(images_Nx8x8x1, 4, axis=1), 4, axis=2)
@@ -182,7 +207,7 @@ def trained_digits_resnet(depth: int = 110, steps: int = 300, batch_size: int = 
 class JaxCounting:
     """The counting step that certify runs, on the default mesh, ready to time one batch at a time."""
 
-    def __init__(self, apply_fn, params, batch_size: int):
+    def __init__(self, apply_fn, params, batch_size: int, streams: int | None = None):
         import jax
 
         from robust_jax.core.mesh import make_data_mesh, replicated
@@ -190,7 +215,7 @@ class JaxCounting:
 
         self.mesh = make_data_mesh()
         everywhere = replicated(self.mesh)
-        self.step = counting_step(apply_fn, self.mesh, batch_size, NUM_CLASSES)
+        self.step = counting_step(apply_fn, self.mesh, batch_size, NUM_CLASSES, streams)
         self.params = jax.device_put(params, everywhere)
         self.x = jax.device_put(np.random.default_rng(2).uniform(0, 1, IMAGE_SHAPE).astype(np.float32), everywhere)
         self.key = jax.device_put(jax.random.key(3), everywhere)
@@ -220,7 +245,7 @@ def counting_flops(model, variables, dtype_name: str, batch_size: int) -> float:
     from robust_jax.models import resnet
 
     apply_fn, params = resnet.fast_inference(model, variables, dtype=jnp.dtype(dtype_name), batch_chunk=None)
-    counting = JaxCounting(apply_fn, params, batch_size)
+    counting = JaxCounting(apply_fn, params, batch_size, streams=1)  # one program over the whole batch
     lowered = counting.step.lower(*counting.arguments())
     for analyse in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
         analysis = analyse()
@@ -342,14 +367,23 @@ def ours(args) -> dict:
     import jax.numpy as jnp
 
     from robust_jax.models import resnet
+    from robust_jax.smoothing.sampling import counting_streams
 
+    if args.streams:
+        os.environ["ROBUST_JAX_COUNTING_STREAMS"] = str(args.streams)
     model, variables = random_resnet(args.depth)
     apply_fn, params = resnet.fast_inference(model, variables, dtype=jnp.dtype(args.dtype))
     # Folding and slicing change float rounding, bfloat16 much more: how often does the prediction change?
     figures = {"prediction_agreement_with_float32": prediction_agreement(model, variables, args.dtype,
                                                                          batch_size=args.batch_size)}
-    figures.update(counting_throughput(JaxCounting(apply_fn, params, args.batch_size).run_batch, args.batch_size,
-                                       args.repeats))
+    counting = JaxCounting(apply_fn, params, args.batch_size)
+    streams = counting_streams(counting.mesh)
+    if streams > 1:  # the one-CPU-device form of the step: do its shares predict what one program does?
+        images = np.random.default_rng(6).uniform(0, 1, (4, *IMAGE_SHAPE)).astype(np.float32)
+        figures["stream_agreement_with_one_program"] = stream_agreement(apply_fn, params, images, args.batch_size,
+                                                                        streams)
+    figures.update(counting_throughput(counting.run_batch, args.batch_size, args.repeats))
+    figures["counting_streams"] = streams
     if args.compare_unfolded:
         unfolded = counting_throughput(JaxCounting(model.apply, variables, args.batch_size).run_batch,
                                        args.batch_size, args.repeats)
@@ -380,12 +414,16 @@ def parse_args(argv=None):
     parser.add_argument("--images", type=int, default=3, help="images timed for certify_s_per_image")
     parser.add_argument("--with_torch_reference", action="store_true",
                         help="also time the PyTorch ResNet-110 (2 threads), alternating processes with ours")
+    parser.add_argument("--streams", type=int, default=0,
+                        help="ours: single-threaded streams of the counting step on one CPU device (sets "
+                             "ROBUST_JAX_COUNTING_STREAMS; 1 = one program with XLA's threads; 0 = the default, one "
+                             "per core)")
     parser.add_argument("--compare_unfolded", action="store_true",
                         help="also time the plain (unfolded, float32) Flax model's counting step")
     alternate.add_side_flags(parser)
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1 or args.images < 0 or args.pairs < 1:
-        parser.error("--batch_size, --repeats and --pairs must be >= 1 and --images >= 0")
+    if args.batch_size < 1 or args.repeats < 1 or args.images < 0 or args.pairs < 1 or args.streams < 0:
+        parser.error("--batch_size, --repeats and --pairs must be >= 1, --images and --streams >= 0")
     if args.depth < 8 or (args.depth - 2) % 6:
         parser.error(f"--depth={args.depth} must be 6n + 2 with n >= 1")
     if args.depth != 110 and (args.with_torch_reference or args.side == "reference"):
@@ -403,7 +441,7 @@ def main(argv=None):
                "xla_flags": os.environ.get("XLA_FLAGS", "")}
     if args.with_torch_reference:
         forwarded = [f"--dtype={args.dtype}", f"--depth={args.depth}", f"--batch_size={args.batch_size}",
-                     f"--repeats={args.repeats}", f"--images={args.images}"]
+                     f"--repeats={args.repeats}", f"--images={args.images}", f"--streams={args.streams}"]
         forwarded += ["--compare_unfolded"] if args.compare_unfolded else []
         comparison = alternate.compare("experiments.benchmarks.certify_throughput", forwarded, args.pairs)
         details["comparison"] = comparison

@@ -17,7 +17,9 @@ What runs (our side only, in this process; the PyTorch comparisons are each benc
   3. on an accelerator, certification in float32 and bfloat16 (certify_throughput's counting step, `--dtype`), each
      with the fraction of the device's peak FLOP/s (XLA's FLOP count of one counting step; PEAK_TFLOPS), and the
      agreement of bfloat16 with float32 predictions on noisy test digits through a ResNet-110 trained briefly on
-     digits at sigma 0.25 (certify_throughput.trained_digits_resnet).
+     digits at sigma 0.25 (certify_throughput.trained_digits_resnet). On CPU: float32 certification only, and the
+     agreement part through a ResNet-110 trained 100 steps at batch 32, where it also checks the counting step's
+     single-threaded shares against one program (certify_throughput.stream_agreement).
 `--smoke` runs all of it (3. included) on tiny sizes: each config's 'tiny' preset, ResNet-8, CLIP 'tiny', one or
 two steps. It is bound by XLA compiling some 40 small programs: about 8 minutes on the project's 2-core CPU under a
 load average of 3-6 (measured in four parts), less on an idle one. It records nothing unless `--record_to` is given.
@@ -69,6 +71,7 @@ SIZES = {
         "omniview_min_step": {"preset": "paper", "batch": 16, "multiview": 11, "seconds": 20.0, "repeats": 3},
         "rrcm_inference_cost": {"preset": "cpu", "batch": 1000, "repeats": 15},
         "paper_steps": {"presets": "PRESETS", "steps": 2, "max_seconds": 30.0},
+        "precision": {"depth": 110, "train_steps": 100, "train_batch": 32, "images": 20, "samples_per_image": 400},
     },
     "accelerator": {
         "icl_throughput": ["--sizes=tiny,standard", "--seconds=2", "--repeats=3"],
@@ -137,6 +140,8 @@ def run_certify(mode: str) -> dict:
         figures[f"{dtype}_samples_per_s"] = measured["samples_per_s"]
         if "certify_s_per_image" in measured:
             figures[f"{dtype}_certify_s_per_image"] = measured["certify_s_per_image"]
+        if "stream_agreement_with_one_program" in measured:
+            figures[f"{dtype}_stream_agreement"] = measured["stream_agreement_with_one_program"]
         if mode == "cpu":
             continue
         network = network or certify_throughput.random_resnet(args.depth)  # the network `ours` timed (same seed)
@@ -162,15 +167,24 @@ def run_certify(mode: str) -> dict:
 
 
 def run_precision(mode: str) -> dict:
-    """bfloat16 against float32 predictions (fast_inference) on noisy test digits, through a trained ResNet."""
+    """bfloat16 against float32 predictions (fast_inference) on noisy test digits, through a trained ResNet; on CPU
+    also the counting step's single-threaded shares against one program (float32)."""
+    import jax
+
     from experiments.benchmarks import certify_throughput
+    from robust_jax.models import resnet
 
     sizes = SIZES[mode]["precision"]
     model, variables, images, _, accuracy = certify_throughput.trained_digits_resnet(
         sizes["depth"], sizes["train_steps"], sizes["train_batch"])
     agreement = certify_throughput.prediction_agreement(
         model, variables, "bfloat16", images=images[:sizes["images"]], batch_size=sizes["samples_per_image"])
-    return {"trained_noisy_test_accuracy": accuracy, "trained_bfloat16_agreement_with_float32": agreement}
+    figures = {"trained_noisy_test_accuracy": accuracy, "trained_bfloat16_agreement_with_float32": agreement}
+    if jax.default_backend() == "cpu":  # the counting step's single-threaded shares against one program
+        apply_fn, params = resnet.fast_inference(model, variables)
+        figures["trained_stream_agreement_with_one_program"] = certify_throughput.stream_agreement(
+            apply_fn, params, images[:sizes["images"]], sizes["samples_per_image"])
+    return figures
 
 
 def run_clip(mode: str) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from robust_jax.core.mesh import make_data_mesh
 from robust_jax.smoothing import sample_counts
-from robust_jax.smoothing.sampling import step_batch_size
+from robust_jax.smoothing.sampling import counting_streams, step_batch_size
 
 from .linear_classifier import DIMENSION, random_linear_logits, random_linear_params
 
@@ -40,3 +40,32 @@ def test_fewer_samples_than_a_batch_follow_the_documented_layout(key):
             got = sample_counts(random_linear_logits, params, x, sigma=SIGMA, num_samples=num_samples,
                                 batch_size=batch_size, key=key, mesh=make_data_mesh(devices))
             np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("streams", [1, 2, 3])
+def test_streams_on_one_cpu_device_follow_the_documented_layout(key, monkeypatch, streams):
+    """One CPU device runs the batch as `streams` single-threaded shares; 3 streams split a 100-row batch 34/34/32
+    (the last share padded), so the masking of padded rows is exercised too. Counts over 250 samples (two full
+    batches and a tail of 50) must equal the direct evaluation of the layout."""
+    monkeypatch.setenv("ROBUST_JAX_COUNTING_STREAMS", str(streams))
+    mesh = make_data_mesh(jax.devices()[:1])
+    assert counting_streams(mesh) == streams
+    assert counting_streams(make_data_mesh(jax.devices()[:2])) == 1  # a multi-device mesh splits over devices
+
+    params = random_linear_params()
+    x = np.random.default_rng(4).uniform(0, 1, DIMENSION).astype(np.float32)
+    batch_size, num_samples = 100, 250
+    noise = np.concatenate([
+        np.asarray(jax.vmap(lambda row, b=b: jax.random.normal(
+            jax.random.fold_in(jax.random.fold_in(key, b), row), (DIMENSION,)))(np.arange(batch_size)))
+        for b in range(3)])[:num_samples]
+    votes = np.argmax(np.asarray(random_linear_logits(params, x[None] + SIGMA * noise)), axis=-1)
+    expected = np.bincount(votes, minlength=10)
+    assert np.count_nonzero(expected) > 2
+
+    def fresh_logits(params, inputs):  # its own cache entry per test case
+        return random_linear_logits(params, inputs)
+
+    got = sample_counts(fresh_logits, params, x, sigma=SIGMA, num_samples=num_samples, batch_size=batch_size,
+                        key=key, mesh=mesh)
+    np.testing.assert_array_equal(got, expected)
