@@ -18,12 +18,22 @@ lax.map slices of 16 (resnet.CPU_BATCH_CHUNK: the 16-channel first stage then wo
 selection draw runs a 128-row step instead of a masked 400-row one (sampling.step_batch_size). Measured in one run
 under load, samples per CPU-second: plain Flax model 101-110, folded + slices of 50 117-127, of 16 123; with the
 machine briefly quiet, wall samples/s: plain 148, slices of 16 ~188, torch ~180 (so about 1.0x torch, not 1.5x).
+The counting step on one CPU device (sampling.counting_streams, `--streams`): one single-threaded program per core,
+each on its share of the rows (200 of 400 on two cores), run at once. XLA's two threads kept the two cores about
+1.5 busy (97 samples per CPU-second against about 135 for one thread on one core, 2026-11-30);
+`stream_agreement_with_one_program` checks that the shares predict what one program predicts on every noisy input.
 Tried and not kept: `--dtype bfloat16` (avx512_bf16; +10-20% per CPU-second, but on this benchmark's calibrated
 random network only ~54% of noisy predictions agree with float32, so it is not a default: a trained network must be
 checked first); XLA options xla_cpu_use_onednn and xla_cpu_use_xnnpack (same CPU time, compared in one run through
 compile(compiler_options=...)), xla_cpu_experimental_{xnn,ynn}_fusion_type (compiled convolutions unchanged),
 xla_cpu_use_thunk_runtime (no longer supported); NCHW layout (slower convolutions in a micro-benchmark); cheaper noise
-(the per-row fold_in noise for 400 rows takes ~50 ms, about 1% of the step).
+(the per-row fold_in noise for 400 rows takes ~50 ms, about 1% of the step); Winograd F(2x2, 3x3) for the stride-1
+3x3 convolutions (4x4 input tiles transformed by fused elementwise work, the 16 per-tile-position products as one
+batched matmul, the 2x2 outputs transformed back; equal to XLA's convolution to 2e-6), single-threaded on one core,
+one convolution + bias + residual + ReLU on 16 rows: 16 channels at 32x32 2,065 us against XLA's 1,368; 32 at 16x16
+855 against 523; 64 at 8x8 487 against 548 (the last stage alone, about a third of the network, would gain ~11%).
+XLA's convolution runs at 55 GFLOP/s on the 16-channel stage against ~140 on the others (one core): the first stage
+takes over half of the forward.
 
 For the suite (experiments/benchmarks/suite.py): `--depth` (ours only) times a shallower CIFAR ResNet for quick
 checks; `counting_flops` is XLA's FLOP count of one counting step (for the fraction of a device's peak), and
