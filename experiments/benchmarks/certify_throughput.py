@@ -20,8 +20,10 @@ under load, samples per CPU-second: plain Flax model 101-110, folded + slices of
 machine briefly quiet, wall samples/s: plain 148, slices of 16 ~188, torch ~180 (so about 1.0x torch, not 1.5x).
 The counting step on one CPU device (sampling.counting_streams, `--streams`): one single-threaded program per core,
 each on its share of the rows (200 of 400 on two cores), run at once. XLA's two threads kept the two cores about
-1.5 busy (97 samples per CPU-second against about 135 for one thread on one core, 2026-11-30);
-`stream_agreement_with_one_program` checks that the shares predict what one program predicts on every noisy input.
+1.5 busy (97 samples per CPU-second against about 135 for one thread on one core, 2026-11-30). Quiet machine,
+separate processes, 2026-11-30: one program 138 and 152 samples/s, two streams 204 and 272 (PyTorch 164-213;
+experiments/benchmarks/README.md). `stream_agreement_with_one_program` checks that the shares predict what one
+program predicts on every noisy input.
 Tried and not kept: `--dtype bfloat16` (avx512_bf16; +10-20% per CPU-second, but on this benchmark's calibrated
 random network only ~54% of noisy predictions agree with float32, so it is not a default: a trained network must be
 checked first); XLA options xla_cpu_use_onednn and xla_cpu_use_xnnpack (same CPU time, compared in one run through
