@@ -57,6 +57,17 @@ estimated at 35-40 min from the parts). Certified accuracy on the 120 certified 
     collapses); 64/128 channels, hidden 256 and 8,000 steps: 0.983 / 0.942 / 0.758 / 0.175, which meets the
     target (--config.cnn_features="(64,128)" --config.cnn_hidden=256 --config.num_steps=8000; it also changes the
     gaussian and denoised classifiers, and has not been run for every method).
+  * a second sweep at the preset's cost (2026-11-30, gaussian_consistency alone, one core each, ~200 s a run),
+    r = 0 / 0.25 / 0.5 / 0.75 at sigma 0.25: learning rate 2e-3: 0.983 / 0.933 / 0.742 / 0.183; 3e-3: 0.983 / 0.942 /
+    0.742 / 0.175; 5e-3: 0.700 at r = 0.5; 3e-3 with hidden 256: 0.708; no random translation (max_translation 0):
+    0.983 / 0.942 / 0.800 / 0.267, and 0.833 / 0.783 at r = 0.5 on seeds 1 and 2 (other splits; with translation,
+    seed 1 gives 0.725); no translation with lambda 30: 0.817; with lr 3e-3: 0.808. But without translation the
+    sigma = 0.5 model fails: 0.125 certified at r = 0 (lambda 20; training accuracy on noisy digits ~0.4 while the
+    cross-entropy still falls) and 0.442 with lambda 10, against 0.892 with translation; the Gaussian-only model at
+    sigma 0.5 trains normally without it (0.83 training accuracy). So the preset keeps the 1-pixel translations.
+    Stage speeds on the idle 2-core CPU (the same day, this preset without translations): gaussian 63-65 steps/s,
+    gaussian_consistency 25-26 steps/s (4,000 per sigma: about 2.5 min each), certification 6.5-7.3 digits/s
+    (120 per sigma and method: about 17 s).
   * inference cost per noise sample (results.json; the seconds from inference_cost.json, batch 1000, timed in
     rounds at the end of the run): gaussian 2.295 MFLOP / 18.8 us; denoised 13.639 MFLOP / 296.2 us; rrcm 1.866
     MFLOP / 40.1 us. rrcm / denoised = 0.137 in FLOPs and 0.135 in time (experiments/benchmarks/
