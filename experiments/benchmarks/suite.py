@@ -5,7 +5,8 @@
 What runs (our side only, in this process; the PyTorch comparisons are each benchmark's `--with_torch_reference`):
   1. the benchmarks, by calling their own functions: icl_throughput, certify_throughput, clip_throughput,
      sde_epoch_time, omniview_min_step, rrcm_inference_cost. Sizes (SIZES below): on CPU each benchmark's defaults
-     (about 10 minutes on the project's 2-core machine, certify's three CERTIFY runs the longest); on an accelerator
+     (the whole CPU run, paper steps and the trained-network check included: 20 min 14 s on the project's idle
+     2-core machine, 2026-11-30: the trained-network check 6.5 min, certify 4 min, CLIP 2.5 min); on an accelerator
      larger batches and shorter timing windows, chosen so that the whole suite, compilation included, should take
      under 8 minutes on one GPU;
   2. paper-scale training steps (experiments/benchmarks/paper_steps.py): every training stage of icl:paper,
