@@ -64,7 +64,12 @@ estimated at 35-40 min from the parts). Certified accuracy on the 120 certified 
     seed 1 gives 0.725); no translation with lambda 30: 0.817; with lr 3e-3: 0.808. But without translation the
     sigma = 0.5 model fails: 0.125 certified at r = 0 (lambda 20; training accuracy on noisy digits ~0.4 while the
     cross-entropy still falls) and 0.442 with lambda 10, against 0.892 with translation; the Gaussian-only model at
-    sigma 0.5 trains normally without it (0.83 training accuracy). So the preset keeps the 1-pixel translations.
+    sigma 0.5 trains normally without it (0.83 training accuracy). The entropy term is what fails: without
+    translation and with consistency_eta = 0, sigma 0.5 certifies 0.900 / 0.800 / 0.475 / 0.208 (seed 0) and
+    0.933 / 0.792 / 0.492 / 0.150 (seed 1, where eta 0.5 collapses to one class: 0.1 everywhere), and sigma 0.25
+    0.983 / 0.925 / 0.792 / 0.242 (seed 0), against the preset's 0.892 / 0.608 / 0.192 / 0 at sigma 0.5. Not yet
+    the preset: eta is also the rRCM and denoised fine-tuning's (the rRCM paper's loss has it), and no run of every
+    method with max_translation 0 and eta 0 exists yet; the preset keeps the 1-pixel translations and eta 0.5.
     Stage speeds on the idle 2-core CPU (the same day, this preset without translations): gaussian 63-65 steps/s,
     gaussian_consistency 25-26 steps/s (4,000 per sigma: about 2.5 min each), certification 6.5-7.3 digits/s
     (120 per sigma and method: about 17 s).
