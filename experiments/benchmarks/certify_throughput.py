@@ -31,7 +31,7 @@ compile(compiler_options=...)), xla_cpu_experimental_{xnn,ynn}_fusion_type (comp
 xla_cpu_use_thunk_runtime (no longer supported); NCHW layout (slower convolutions in a micro-benchmark); cheaper noise
 (the per-row fold_in noise for 400 rows takes ~50 ms, about 1% of the step); Winograd F(2x2, 3x3) for the stride-1
 3x3 convolutions (4x4 input tiles transformed by fused elementwise work, the 16 per-tile-position products as one
-batched matmul, the 2x2 outputs transformed back; equal to XLA's convolution to 2e-6), single-threaded on one core,
+batched matmul, the 2x2 outputs transformed back; within 4e-6 of XLA's convolution), single-threaded on one core,
 one convolution + bias + residual + ReLU on 16 rows: 16 channels at 32x32 2,065 us against XLA's 1,368; 32 at 16x16
 855 against 523; 64 at 8x8 487 against 548 (the last stage alone, about a third of the network, would gain ~11%).
 XLA's convolution runs at 55 GFLOP/s on the 16-channel stage against ~140 on the others (one core): the first stage
