@@ -105,6 +105,20 @@ def random_resnet(depth: int = 110, seed: int = 0):
     return model, {"params": params, "batch_stats": stats}
 
 
+def _noisy_agreement(want_classes, got_classes, images: np.ndarray, batch_size: int, rng) -> tuple[int, int, set]:
+    """(agreeing, total, classes `want_classes` predicted) over batch_size noisy copies (sigma SIGMA) of each image;
+    want_classes / got_classes map a noisy batch to one class per row."""
+    agree = total = 0
+    classes = set()
+    for x in images:
+        noisy = x + SIGMA * rng.standard_normal((batch_size, *x.shape)).astype(np.float32)
+        want, got = want_classes(noisy), got_classes(noisy)
+        agree += int(np.sum(want == got))
+        total += want.size
+        classes.update(want.tolist())
+    return agree, total, classes
+
+
 def prediction_agreement(model, variables, dtype_name: str, images: int | np.ndarray = 4, seed: int = 1,
                          batch_size: int = BATCH_SIZE) -> float:
     """Fraction of noisy inputs (batch_size noisy copies of each image) where fast_inference in dtype_name and the
@@ -124,15 +138,9 @@ def prediction_agreement(model, variables, dtype_name: str, images: int | np.nda
     rng = np.random.default_rng(seed)
     if isinstance(images, (int, np.integer)):
         images = rng.uniform(0, 1, (images, *IMAGE_SHAPE)).astype(np.float32)
-    agree = total = 0
-    classes = set()
-    for x in images:
-        noisy = x + SIGMA * rng.standard_normal((batch_size, *x.shape)).astype(np.float32)
-        want = np.argmax(np.asarray(reference(variables, noisy)), -1)
-        got = np.argmax(np.asarray(fast(fast_params, noisy)), -1)
-        agree += int(np.sum(want == got))
-        total += want.size
-        classes.update(want.tolist())
+    agree, total, classes = _noisy_agreement(
+        lambda noisy: np.argmax(np.asarray(reference(variables, noisy)), -1),
+        lambda noisy: np.argmax(np.asarray(fast(fast_params, noisy)), -1), images, batch_size, rng)
     print(f"agreement of {dtype_name} fast_inference with the float32 model: {agree / total:.4f} "
           f"({total} noisy inputs, {len(classes)} classes predicted)", flush=True)
     return agree / total
@@ -148,16 +156,14 @@ def stream_agreement(apply_fn, params, images: np.ndarray, batch_size: int = BAT
     whole = jax.jit(apply_fn)
     share = -(-batch_size // streams)
     single_threaded = jax.jit(apply_fn, compiler_options={"xla_cpu_multi_thread_eigen": False})
-    rng = np.random.default_rng(seed)
-    agree = total = 0
-    for x in images:
-        noisy = x + SIGMA * rng.standard_normal((batch_size, *x.shape)).astype(np.float32)
-        want = np.argmax(np.asarray(whole(params, noisy)), -1)
+
+    def in_shares(noisy):
         padded = np.concatenate([noisy, np.repeat(noisy[-1:], share * streams - batch_size, 0)])
-        got = np.concatenate([np.argmax(np.asarray(single_threaded(params, padded[s * share:(s + 1) * share])), -1)
-                              for s in range(streams)])[:batch_size]
-        agree += int(np.sum(want == got))
-        total += want.size
+        return np.concatenate([np.argmax(np.asarray(single_threaded(params, padded[s * share:(s + 1) * share])), -1)
+                               for s in range(streams)])[:batch_size]
+
+    agree, total, _ = _noisy_agreement(lambda noisy: np.argmax(np.asarray(whole(params, noisy)), -1), in_shares,
+                                       images, batch_size, np.random.default_rng(seed))
     print(f"agreement of {streams} single-threaded shares with one program: {agree / total:.4f} "
           f"({total} noisy inputs)", flush=True)
     return agree / total

@@ -162,14 +162,11 @@ class _StreamedCountingStep:
         def run(first_row):
             return np.asarray(self.count_rows(params, x, key, batch_index, num_valid, sigma, first_row))
 
-        if len(self.first_rows) == 1:
-            return run(self.first_rows[0])
         return sum(self.pool.map(run, self.first_rows))
 
 
 def _build_counting_step(apply_fn, mesh: Mesh, batch_size: int, num_classes: int | None, streams: int):
-    streams = min(streams, batch_size)
-    if streams > 1:
+    if min(streams, batch_size) > 1:  # at least two non-empty shares
         return _StreamedCountingStep(apply_fn, batch_size, num_classes, streams)
     physical_batch = padded_batch_size(batch_size, mesh.devices.size)
     count_rows = _count_rows_fn(apply_fn, batch_size, physical_batch, num_classes, batch_sharding(mesh))
