@@ -8,7 +8,8 @@ the n requested lives in batch j // batch_size, row j % batch_size.
 Device rule: the batch is split over every device of the mesh on the 'data' axis, so its physical size must be a
 multiple of the device count. A batch_size that is not is padded up to the next multiple, and the padded rows are
 masked out of the counts exactly like the tail of the last batch. The logical batch (and so every count) stays the
-one asked for; the padding only costs at most (devices - 1) wasted rows per batch.
+one asked for; the padding only costs at most (devices - 1) wasted rows per batch. Each device counts its own rows
+and keeps its partial counts until the request's last batch; the host sums them once, so a step has no collective.
 
 One CPU device: the batch's rows are split into `counting_streams` consecutive shares (one per core), each counted by
 a single-threaded program, the shares run at once from a thread pool and their counts summed. The noise rows are the
@@ -113,10 +114,14 @@ def counting_streams(mesh: Mesh) -> int:
     return max(1, cores)
 
 
-def _count_rows_fn(apply_fn, batch_size: int, rows_per_call: int, num_classes: int | None, rows_sharding=None):
+def _count_rows_fn(apply_fn, batch_size: int, rows_per_call: int, num_classes: int | None, rows_sharding=None,
+                   groups: int = 1):
     """count_rows(params, x, key, batch_index, num_valid, sigma, first_row): the class counts of rows
     first_row .. first_row + rows_per_call - 1 of batch batch_index (rows past min(num_valid, batch_size) are
-    computed but not counted)."""
+    computed but not counted), as `groups` partial counts of consecutive rows, shape (groups, classes).
+
+    With the rows sharded over `groups` devices each device counts its own rows and nothing crosses devices: the
+    partial counts stay sharded and are summed on the host once per request."""
 
     def count_rows(params, x, key, batch_index, num_valid, sigma, first_row):
         batch_key = jax.random.fold_in(key, batch_index)
@@ -132,8 +137,8 @@ def _count_rows_fn(apply_fn, batch_size: int, rows_per_call: int, num_classes: i
         votes_B, classes = _class_votes(outputs, num_classes)
         # Padding rows (device rounding, stream rounding, tail of the last batch) are computed but never counted.
         valid_B = (rows < jnp.minimum(num_valid, batch_size)).astype(jnp.int32)
-        votes_BxC = jax.nn.one_hot(votes_B, classes, dtype=jnp.int32)
-        return jnp.sum(votes_BxC * valid_B[:, None], axis=0)
+        votes_BxC = jax.nn.one_hot(votes_B, classes, dtype=jnp.int32) * valid_B[:, None]
+        return jnp.sum(votes_BxC.reshape(groups, rows_per_call // groups, classes), axis=1)
 
     return count_rows
 
@@ -162,19 +167,23 @@ class _StreamedCountingStep:
         def run(first_row):
             return np.asarray(self.count_rows(params, x, key, batch_index, num_valid, sigma, first_row))
 
-        return sum(self.pool.map(run, self.first_rows))
+        return sum(self.pool.map(run, self.first_rows))  # (1, classes)
 
 
 def _build_counting_step(apply_fn, mesh: Mesh, batch_size: int, num_classes: int | None, streams: int):
     if min(streams, batch_size) > 1:  # at least two non-empty shares
         return _StreamedCountingStep(apply_fn, batch_size, num_classes, streams)
-    physical_batch = padded_batch_size(batch_size, mesh.devices.size)
-    count_rows = _count_rows_fn(apply_fn, batch_size, physical_batch, num_classes, batch_sharding(mesh))
+    devices = mesh.devices.size
+    physical_batch = padded_batch_size(batch_size, devices)
+    count_rows = _count_rows_fn(apply_fn, batch_size, physical_batch, num_classes, batch_sharding(mesh), devices)
 
     def count_batch(params, x, key, batch_index, num_valid, sigma):
         return count_rows(params, x, key, batch_index, num_valid, sigma, 0)
 
-    return jax.jit(count_batch, out_shardings=replicated(mesh))
+    # One partial count per device, left on its device: no collective in the step. (On several CPU devices an
+    # all-reduce here could deadlock XLA's CPU runtime when steps are dispatched while earlier ones still run:
+    # reproduced in about a minute of back-to-back sample_counts calls on 8 CPU devices of a loaded 2-core machine.)
+    return jax.jit(count_batch, out_shardings=batch_sharding(mesh))
 
 
 @functools.lru_cache(maxsize=64)
@@ -183,9 +192,10 @@ def _cached_counting_step(apply_fn, mesh: Mesh, batch_size: int, num_classes: in
 
 
 def counting_step(apply_fn, mesh: Mesh, batch_size: int, num_classes: int | None = None, streams: int | None = None):
-    """The per-batch counting function (params, x, key, batch_index, num_valid, sigma) -> counts, shared by every
-    call with the same static settings: one jitted program (streams = 1), or on one CPU device `streams` of them
-    (default `counting_streams(mesh)`).
+    """The per-batch counting function (params, x, key, batch_index, num_valid, sigma) -> partial counts of shape
+    (devices, classes) (their sum over axis 0 is the batch's counts), shared by every call with the same static
+    settings: one jitted program (streams = 1), or on one CPU device `streams` of them (default
+    `counting_streams(mesh)`).
 
     An unhashable apply_fn cannot be a cache key; it still works but compiles on every call.
     """
@@ -243,4 +253,4 @@ def _sample_counts_unchecked(apply_fn, params, x_host, sigma, num_samples, batch
         # Accumulated on device: the host waits once, for the final counts only.
         counts = step(params, x, key, np.int32(batch_index), np.int32(num_valid), sigma)
         total = counts if total is None else total + counts
-    return np.asarray(jax.device_get(total)).astype(np.int64)
+    return np.asarray(jax.device_get(total)).astype(np.int64).sum(axis=0)

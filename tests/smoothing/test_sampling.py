@@ -69,3 +69,33 @@ def test_streams_on_one_cpu_device_follow_the_documented_layout(key, monkeypatch
     got = sample_counts(fresh_logits, params, x, sigma=SIGMA, num_samples=num_samples, batch_size=batch_size,
                         key=key, mesh=mesh)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_multi_device_step_counts_each_devices_rows_without_a_collective(key):
+    """On 8 devices a 100-row batch is padded to 104 (13 rows each); the step returns one partial count per device,
+    the counts of that device's rows of the layout, and its compiled program has no cross-device communication
+    (an all-reduce in it could deadlock XLA's CPU runtime when steps are dispatched back to back)."""
+    from robust_jax.smoothing.sampling import counting_step
+
+    mesh = make_data_mesh(jax.devices())
+    devices = mesh.devices.size
+    params = random_linear_params()
+    x = np.random.default_rng(5).uniform(0, 1, DIMENSION).astype(np.float32)
+    batch_size, num_valid, batch_index = 100, 90, 3
+    rows_per_device = -(-batch_size // devices)
+    noise = np.asarray(jax.vmap(lambda row: jax.random.normal(
+        jax.random.fold_in(jax.random.fold_in(key, batch_index), row), (DIMENSION,)))(np.arange(num_valid)))
+    votes = np.argmax(np.asarray(random_linear_logits(params, x[None] + SIGMA * noise)), axis=-1)
+    expected = np.stack([np.bincount(votes[d * rows_per_device:(d + 1) * rows_per_device], minlength=10)
+                         for d in range(devices)])
+    assert expected[-1].sum() == 0 and expected[-2].sum() == num_valid - 6 * rows_per_device  # masked rows
+
+    def fresh_logits(params, inputs):  # its own cache entry
+        return random_linear_logits(params, inputs)
+
+    step = counting_step(fresh_logits, mesh, batch_size, 10)
+    arguments = (params, x, key, np.int32(batch_index), np.int32(num_valid), np.float32(SIGMA))
+    np.testing.assert_array_equal(np.asarray(step(*arguments)), expected)
+    program = step.lower(*arguments).compile().as_text().lower()
+    for collective in ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all"):
+        assert collective not in program, collective
