@@ -90,9 +90,6 @@ Earlier settings of this preset, the same 120 digits:
     0.983 / 0.925 / 0.792 / 0.242 (seed 0), against 0.892 / 0.608 / 0.192 / 0 at sigma 0.5 with translations and
     eta 0.5. So the preset now runs without translations and with eta = 0 for every method (also the rRCM and
     denoised fine-tuning, whose loss in the rRCM paper has eta); the runs above are with those settings.
-    Stage speeds on the idle 2-core CPU (the same day, this preset without translations): gaussian 63-65 steps/s,
-    gaussian_consistency 25-26 steps/s (4,000 per sigma: about 2.5 min each), certification 6.5-7.3 digits/s
-    (120 per sigma and method: about 17 s).
 """
 
 import ml_collections

@@ -10,7 +10,7 @@ import pytest
 
 from robust_jax.core.mesh import make_data_mesh
 from robust_jax.smoothing import sample_counts
-from robust_jax.smoothing.sampling import counting_streams, step_batch_size
+from robust_jax.smoothing.sampling import counting_step, counting_streams, step_batch_size
 
 from .linear_classifier import DIMENSION, random_linear_logits, random_linear_params
 
@@ -75,8 +75,6 @@ def test_multi_device_step_counts_each_devices_rows_without_a_collective(key):
     """On 8 devices a 100-row batch is padded to 104 (13 rows each); the step returns one partial count per device,
     the counts of that device's rows of the layout, and its compiled program has no cross-device communication
     (an all-reduce in it could deadlock XLA's CPU runtime when steps are dispatched back to back)."""
-    from robust_jax.smoothing.sampling import counting_step
-
     mesh = make_data_mesh(jax.devices())
     devices = mesh.devices.size
     params = random_linear_params()
