@@ -9,6 +9,22 @@ the same config (config.json equal, results.json written) is read, not run again
 its checkpoints. So a killed reproduction, started again, runs only what is left and reports the finished studies'
 numbers unchanged. Progress goes to stderr, one line per study: "study k/N: name, ETA ...".
 
+How a claim is judged (robust_jax/core/verdicts.py has the words and the statistics):
+  compare = "paired"   a claim about a difference, judged on the units it is made of, which the study exports in
+                       results.json metrics["units"] (per data set and seed, per held-out object, per certified test
+                       image): the mean over the units of a - b, its 95% percentile-bootstrap interval (10,000
+                       resamples, fixed seed), the unit count and a two-sided exact test of "no difference" (sign
+                       test; McNemar's for right/wrong outcomes). The verdict: "holds" when the interval lies
+                       strictly on the claimed side of the boundary, "not shown" when it contains it (or with
+                       fewer than 5 units, or when every unit has the same difference), "contradicted" when it lies
+                       on the other side.
+  at_least / at_most / within
+                       a point rule on one number, for exact claims (closed forms, checked to a tolerance):
+                       "holds (exact rule)" / "fails (exact rule)"; with expected = true, an expected figure that is
+                       no paper's claim: "met (expected figure)" / "missed (expected figure)".
+  none                 a figure from another setting, shown for scale: "n.a.". So is any rule whose entry the run
+                       lacks ("not in this run").
+
 Benchmark outputs saved in --benchmarks (e.g. `python -m experiments.benchmarks.icl_throughput >
 results/benchmarks/icl_throughput.txt`; every JSON line of every file there is read) add a last section with
 their ratios to the PyTorch references of paper_figures.toml.
@@ -30,37 +46,92 @@ import tomllib
 from absl import app, flags
 from absl import logging as absl_logging
 
+import robust_jax.configs
+from robust_jax.core import verdicts
 from robust_jax.core.config_loading import load_config
 from robust_jax.core.run import STUDIES, changed_fields, run_study
 
 FIGURES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_figures.toml")
-COMPARISONS = ("at_least", "at_most", "within", "none")
+CONFIGS_DIR = os.path.dirname(os.path.abspath(robust_jax.configs.__file__))
+POINT_RULES = ("at_least", "at_most", "within")
+COMPARISONS = ("paired", *POINT_RULES, "none")
+# The fields of a [[figure]]: every entry's, then each kind's (required, optional).
+COMMON_FIELDS = ("study", "name", "paper", "source", "setting", "figure", "compare")
+KIND_FIELDS = {
+    "paired": (("units", "a", "b", "side"), ("units_b", "transform", "boundary", "margin", "binary", "value",
+                                             "config")),
+    "point": (("metric",), ("value", "value_metric", "factor", "threshold", "tolerance", "relative", "minus",
+                            "expected", "config")),
+    "none": (("metric",), ("value", "minus", "config")),
+}
 
 _PRESET = flags.DEFINE_string("preset", "cpu", "Preset to run for every study")
-_STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run")
+_STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run (or other config files in robust_jax/configs, "
+                                                       "e.g. rrcm: judged against their study's figures)")
 _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", "workdirs", "Parent of the per-study workdirs")
 _OUT = flags.DEFINE_string("out", "results", "Where REPORT.md and the plots go")
 _BENCHMARKS = flags.DEFINE_string("benchmarks", None, "Folder of saved benchmark outputs (default <out>/benchmarks)")
 
 
 # ------------------------------------------------------------------------------------------------ the comparison
+def _kind(compare: str) -> str:
+    return "point" if compare in POINT_RULES else compare
+
+
+def _check_number(where: str, entry: dict, field: str) -> None:
+    value = entry.get(field)
+    if field in entry and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+        raise ValueError(f"{where}: {field} = {value!r} must be a finite number")
+
+
+def check_figure(entry: dict, where: str) -> None:
+    """One [[figure]] entry: its fields for its kind of rule, each a ValueError naming the entry and the field."""
+    missing = [key for key in COMMON_FIELDS if key not in entry]
+    if missing:
+        raise ValueError(f"{where} lacks {missing}")
+    if entry["study"] not in STUDIES:
+        raise ValueError(f"{where}: study {entry['study']!r} is not one of {list(STUDIES)}")
+    if entry["compare"] not in COMPARISONS:
+        raise ValueError(f"{where}: compare {entry['compare']!r} is not one of {list(COMPARISONS)}")
+    required, optional = KIND_FIELDS[_kind(entry["compare"])]
+    missing = [key for key in required if key not in entry]
+    if missing:
+        raise ValueError(f"{where}: compare {entry['compare']!r} needs {missing}")
+    unknown = sorted(set(entry) - set(COMMON_FIELDS) - set(required) - set(optional))
+    if unknown:
+        raise ValueError(f"{where}: {unknown} are not fields of a compare {entry['compare']!r} entry "
+                         f"(allowed besides {list(COMMON_FIELDS)}: {[*required, *optional]})")
+    for field in ("value", "factor", "threshold", "tolerance", "boundary", "margin"):
+        _check_number(where, entry, field)
+    if entry["compare"] in POINT_RULES and not {"value", "value_metric", "threshold"} & set(entry):
+        raise ValueError(f"{where}: compare {entry['compare']!r} needs a value, value_metric or threshold")
+    if entry["compare"] == "paired":
+        for field in ("units", "a", "b", "units_b"):
+            if field in entry and (not isinstance(entry[field], str) or not entry[field]):
+                raise ValueError(f"{where}: {field} = {entry[field]!r} must name a unit set or a series")
+        if entry["side"] not in verdicts.SIDES:
+            raise ValueError(f"{where}: side {entry['side']!r} is not one of {list(verdicts.SIDES)}")
+        if entry.get("margin", 0.0) < 0:
+            raise ValueError(f"{where}: margin = {entry['margin']!r} must be >= 0")
+        if not isinstance(entry.get("binary", False), bool):
+            raise ValueError(f"{where}: binary = {entry['binary']!r} must be true or false")
+        try:
+            verdicts.parse_transform(entry.get("transform"))
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    for field in ("relative", "expected"):
+        if not isinstance(entry.get(field, False), bool):
+            raise ValueError(f"{where}: {field} = {entry[field]!r} must be true or false")
+    if "config" in entry and not os.path.exists(os.path.join(CONFIGS_DIR, f"{entry['config']}.py")):
+        raise ValueError(f"{where}: config = {entry['config']!r} is not a config file in {CONFIGS_DIR}")
+
+
 def load_figures(path: str = FIGURES_PATH) -> dict:
     """{"figure": [...], "benchmark": [...]} from paper_figures.toml, every figure checked once."""
     with open(path, "rb") as f:
         figures = tomllib.load(f)
     for i, entry in enumerate(figures.get("figure", [])):
-        where = f"{path}: figure {i} ({entry.get('name')!r})"
-        missing = [key for key in ("study", "name", "paper", "source", "setting", "figure", "metric", "compare")
-                   if key not in entry]
-        if missing:
-            raise ValueError(f"{where} lacks {missing}")
-        if entry["study"] not in STUDIES:
-            raise ValueError(f"{where}: study {entry['study']!r} is not one of {list(STUDIES)}")
-        if entry["compare"] not in COMPARISONS:
-            raise ValueError(f"{where}: compare {entry['compare']!r} is not one of {list(COMPARISONS)}")
-        if entry["compare"] != "none" and "value" not in entry and "value_metric" not in entry \
-                and "threshold" not in entry:
-            raise ValueError(f"{where}: compare {entry['compare']!r} needs a value, value_metric or threshold")
+        check_figure(entry, f"{path}: figure {i} ({entry.get('name')!r})")
     return figures
 
 
@@ -74,8 +145,31 @@ def metric_at(metrics: dict, path: str):
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _paired_row(entry: dict, metrics: dict) -> dict:
+    try:
+        series = verdicts.paired_series(metrics, entry["units"], entry["a"], entry["b"],
+                                        units_b=entry.get("units_b"), transform=entry.get("transform"))
+        judged = None if series is None else verdicts.judge_paired(
+            series[0], series[1], side=entry["side"], boundary=entry.get("boundary", 0.0),
+            margin=entry.get("margin", 0.0), binary=entry.get("binary", False))
+    except ValueError as error:
+        raise ValueError(f"figure {entry['name']!r}: {error}") from None
+    paper = entry.get("value")
+    ours = None if judged is None else judged.mean_difference
+    return {"kind": "paired", "ours": ours, "paper": paper,
+            "gap": None if ours is None or paper is None else ours - paper, "relative": False,
+            "verdict": verdicts.NOT_APPLICABLE if judged is None else judged.verdict, "judged": judged,
+            "unit": None if series is None else series[2]}
+
+
 def compare_figure(entry: dict, metrics: dict) -> dict:
-    """One row of a study's comparison: {"ours", "paper", "gap", "holds"} with holds "yes", "no" or "n.a."."""
+    """One row of a study's comparison: {"kind", "ours", "paper", "gap", "verdict", ...}.
+
+    kind "paired": ours is the mean over units of a - b, "judged" the verdicts.PairedJudgement (None where the run
+    lacks the units), "unit" what one unit is. kind "point": ours is the metric (minus another), the verdict an exact
+    rule's (or an expected figure's). kind "none": another setting, verdict "n.a."."""
+    if entry["compare"] == "paired":
+        return _paired_row(entry, metrics)
     ours = metric_at(metrics, entry["metric"])
     if ours is not None and "minus" in entry:
         subtracted = metric_at(metrics, entry["minus"])
@@ -89,7 +183,7 @@ def compare_figure(entry: dict, metrics: dict) -> dict:
     gap = None
     if ours is not None and paper is not None:
         gap = (ours / paper - 1.0 if paper else math.inf) if relative else ours - paper
-    holds = "n.a."
+    word = verdicts.NOT_APPLICABLE
     if ours is not None and threshold is not None and entry["compare"] != "none":
         tolerance = entry.get("tolerance", 0.0)
         if entry["compare"] == "at_least":
@@ -100,8 +194,9 @@ def compare_figure(entry: dict, metrics: dict) -> dict:
             ok = threshold != 0 and abs(ours / threshold - 1.0) <= tolerance
         else:
             ok = abs(ours - threshold) <= tolerance
-        holds = "yes" if ok else "no"
-    return {"ours": ours, "paper": paper, "gap": gap, "holds": holds, "relative": relative}
+        word = verdicts.point_verdict(ok, expected_figure=entry.get("expected", False))
+    return {"kind": _kind(entry["compare"]), "ours": ours, "paper": paper, "gap": gap, "verdict": word,
+            "relative": relative}
 
 
 def _number(value) -> str:
@@ -115,14 +210,33 @@ def _number(value) -> str:
 def _rule(entry: dict) -> str:
     if entry["compare"] == "none":
         return "another setting: not judged"
+    if entry["compare"] == "paired":
+        a, b = (entry["a"], entry["b"]) if "units_b" not in entry else (
+            f"{entry['a']} at `{entry['units']}`", f"{entry['b']} at `{entry['units_b']}`")
+        if "transform" in entry:  # "at_least:x" as Iverson brackets: [a ≥ x] is 1 where a ≥ x, else 0
+            threshold = entry["transform"].split(":", 1)[1]
+            a, b = f"[{a} ≥ {threshold}]", f"[{b} ≥ {threshold}]"
+        boundary, margin = entry.get("boundary", 0.0), entry.get("margin", 0.0)
+        bound = _number(boundary)
+        if margin:
+            moved = boundary - margin if entry["side"] == "greater" else boundary + margin
+            bound = f"{bound} {'-' if entry['side'] == 'greater' else '+'} {_number(margin)} = {_number(moved)}"
+        where = "above" if entry["side"] == "greater" else "below"
+        return f"paired: the {verdicts.CONFIDENCE:.0%} interval of {a} − {b} {where} {bound}"
     tolerance = entry.get("tolerance", 0.0)
     bound = "the figure" if "threshold" not in entry else _number(entry["threshold"])
     sign = {"at_least": "≥", "at_most": "≤"}.get(entry["compare"])
     if sign:
-        return f"ours {sign} {bound}" + (f" {'-' if sign == '≥' else '+'} {_number(tolerance)}" if tolerance else "")
-    if entry.get("relative"):
-        return f"within {tolerance:.0%} of {bound}"
-    return f"within {_number(tolerance)} of {bound}"
+        rule = f"ours {sign} {bound}" + (f" {'-' if sign == '≥' else '+'} {_number(tolerance)}" if tolerance else "")
+    elif entry.get("relative"):
+        rule = f"within {tolerance:.0%} of {bound}"
+    else:
+        rule = f"within {_number(tolerance)} of {bound}"
+    return ("expected figure: " if entry.get("expected") else "exact rule: ") + rule
+
+
+def _p_value(p: float) -> str:
+    return f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
 
 
 def comparison_table(study: str, figures: list[dict], metrics: dict) -> list[str]:
@@ -130,17 +244,43 @@ def comparison_table(study: str, figures: list[dict], metrics: dict) -> list[str
     entries = [entry for entry in figures if entry["study"] == study]
     if not entries:
         return [f"No paper figures are listed for {study} in experiments/paper_figures.toml."]
-    lines = ["| what | paper/theory figure (source; setting) | ours | gap | claim holds (rule) |",
-             "|---|---|---|---|---|"]
+    lines = ["| what | paper/theory figure (source; setting) | ours | gap | 95% interval (n units) | exact test | "
+             "verdict (rule) |",
+             "|---|---|---|---|---|---|---|"]
     for entry in entries:
         row = compare_figure(entry, metrics)
-        metric = entry["metric"] + (f" − {entry['minus']}" if "minus" in entry else "")
-        ours = "not in this run" if row["ours"] is None else _number(row["ours"])
-        gap = "n.a." if row["gap"] is None else (f"{row['gap']:+.1%}" if row["relative"] else
-                                                 f"{row['gap']:+.3g}")
+        absent = "not in this run" + (f" (an entry of `{entry['config']}` runs)" if "config" in entry else "")
+        gap = "n.a." if row["gap"] is None else (f"{row['gap']:+.1%}" if row["relative"] else f"{row['gap']:+.3g}")
+        if row["kind"] == "paired":
+            ours = absent if row["ours"] is None else f"{row['ours']:+.4g} (mean over units, `{entry['units']}`)"
+            judged = row["judged"]
+            if judged is None:
+                interval = test = "n.a."
+            else:
+                interval = f"[{judged.low:+.3g}, {judged.high:+.3g}] ({verdicts.unit_count(judged.n, row['unit'])})"
+                counts = (f"{judged.positive} a only, {judged.negative} b only" if judged.test == "McNemar" else
+                          f"{judged.positive}+ / {judged.negative}−")
+                test = f"{judged.test} p = {_p_value(judged.p_value)} ({counts})"
+            verdict = row["verdict"] + (f" ({judged.withheld})" if judged is not None and judged.withheld else "")
+        else:
+            metric = entry["metric"] + (f" − {entry['minus']}" if "minus" in entry else "")
+            ours = absent if row["ours"] is None else f"{_number(row['ours'])} (`{metric}`)"
+            interval = "none (exact rule)" if row["kind"] == "point" and not entry.get("expected") else "n.a."
+            test, verdict = "n.a.", row["verdict"]
         lines.append(f"| {entry['name']} | {entry['figure']} ({entry['paper']}, {entry['source']}; "
-                     f"{entry['setting']}) | {ours} (`{metric}`) | {gap} | {row['holds']} ({_rule(entry)}) |")
+                     f"{entry['setting']}) | {ours} | {gap} | {interval} | {test} | {verdict}; {_rule(entry)} |")
     return lines
+
+
+def metrics_for_the_report(metrics: dict) -> dict:
+    """The metrics as the report prints them: each unit set summarised (its per-unit values stay in
+    results/<study>.json, where they are exported in full)."""
+    if not isinstance(metrics.get("units"), dict):
+        return metrics
+    summary = {name: f"{len(unit_set['ids'])} units ({unit_set['unit']}); series: {', '.join(unit_set['values'])}; "
+                     "per-unit values in the study's .json beside this report"
+               for name, unit_set in metrics["units"].items()}
+    return {**metrics, "units": summary}
 
 
 def benchmark_section(benchmarks_dir: str, references: list[dict]) -> list[str]:
@@ -292,8 +432,9 @@ def main(argv):
             how = f"run now in `{workdir}`"
         with open(os.path.join(out, f"{study}.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
-        sections += [f"## {study} (preset `{preset}`)", "", *comparison_table(study, figures.get("figure", []),
-                                                                               results["metrics"]), ""]
+        # A config file beside the studies' own (rrcm) runs a study: its figures are that study's.
+        table = comparison_table(config.study, figures.get("figure", []), results["metrics"])
+        sections += [f"## {study} (preset `{preset}`)", "", *table, ""]
         sections += ["### Plots", "", *_copy_plots(study, workdir, out)]
         with open(os.path.join(workdir, "config.json")) as f:
             settings = json.load(f)
@@ -303,7 +444,8 @@ def main(argv):
                      "<details><summary>config</summary>", "", "```json",
                      json.dumps(settings, indent=2, sort_keys=True), "```", "", "</details>", "",
                      "<details><summary>all metrics</summary>", "", "```json",
-                     json.dumps(results["metrics"], indent=2, sort_keys=True), "```", "", "</details>", ""]
+                     json.dumps(metrics_for_the_report(results["metrics"]), indent=2, sort_keys=True), "```", "",
+                     "</details>", ""]
 
     benchmarks_dir = _BENCHMARKS.value or os.path.join(out, "benchmarks")
     benchmarks = benchmark_section(benchmarks_dir, figures.get("benchmark", []))
@@ -319,8 +461,18 @@ def main(argv):
         f"{len(plan) - len(run_seconds)})",
         "",
         "Each study's table compares its results.json with the papers' headline figures "
-        "(experiments/paper_figures.toml). \"claim holds\" judges the rule in brackets; \"n.a.\" where the setting "
-        "differs (another dataset or model size) or the run lacks the entry.", "",
+        "(experiments/paper_figures.toml). A claim about a difference is judged on paired units (data sets and "
+        "seeds, held-out objects, certified test images): \"ours\" is the mean over the units of a − b, the interval "
+        f"its {verdicts.CONFIDENCE:.0%} percentile bootstrap over the units ({verdicts.RESAMPLES:,} resamples, seed "
+        f"{verdicts.BOOTSTRAP_SEED}), n the number of units, and the exact test a two-sided test of \"a and b do not "
+        "differ\" (the sign test; McNemar's for right/wrong outcomes). The verdict comes from the interval: "
+        "**holds** when it lies strictly on the claimed side of the boundary in the rule, **not shown** when it "
+        f"contains the boundary (or there are fewer than {verdicts.MIN_UNITS} units, or every unit has the same "
+        "difference), **contradicted** when it lies "
+        "on the other side; **n.a.** where the figure is from another setting (shown for scale) or the run lacks "
+        "the entry. Closed forms keep a point rule on one number, labelled \"holds (exact rule)\" / \"fails (exact "
+        "rule)\"; an expected figure that is no paper's claim reads \"met (expected figure)\" / \"missed (expected "
+        "figure)\".", "",
     ]
     with open(os.path.join(out, "REPORT.md"), "w") as f:
         f.write("\n".join(header + sections + benchmarks) + "\n")

@@ -90,9 +90,11 @@ def smoothing_stages(config, preset: str) -> list[Stage]:
     import optax
 
     from experiments.benchmarks.train_step import CoreStep
-    from robust_jax.smoothing import denoised_method, gaussian_method, rrcm_method
+    from robust_jax.smoothing.methods.denoised import method as denoised_method
+    from robust_jax.smoothing.methods.gaussian import method as gaussian_method
+    from robust_jax.smoothing.methods.rrcm import method as rrcm_method
     from robust_jax.smoothing.classifiers import build_classifier, make_optimizer
-    from robust_jax.smoothing.denoiser import (
+    from robust_jax.smoothing.methods.denoised.denoiser import (
         TinyUNet,
         denoising_timestep,
         make_denoiser_init_fn,
@@ -149,7 +151,7 @@ def smoothing_stages(config, preset: str) -> list[Stage]:
         return CoreStep(init_fn, loss_fn, optimizer, _images(rng, block_r.pretrain_batch_size, image_shape))
 
     def rrcm_finetune():
-        from robust_jax.smoothing.rrcm_losses import make_finetune_init_fn
+        from robust_jax.smoothing.methods.rrcm.losses import make_finetune_init_fn
 
         network = rrcm_method.build_network(block_r, num_classes, image_shape)
         return CoreStep(make_finetune_init_fn(network, image_shape), rrcm_method._finetune_loss(config, network,
@@ -172,18 +174,20 @@ def smoothing_stages(config, preset: str) -> list[Stage]:
             stages.append(Stage(preset, method, config.num_steps * len(sigmas), noise_trained(consistency),
                                 same_step_as=same("noise-trained", config.batch_size, copies if consistency else 1),
                                 note=per_sigma))
-        elif method == "denoised":
-            if not block_d.denoiser_checkpoint:
-                stages.append(Stage(preset, "denoised_denoiser", block_d.denoiser_steps, denoiser))
-            stages.append(Stage(preset, "denoised_classifier", block_d.classifier_steps, clean_classifier,
-                                same_step_as=same("noise-trained", config.batch_size, 1)))
-            if block_d.finetune_steps:
+        elif method in ("denoised", "denoised_finetuned"):
+            if not any(stage.name == "denoised_classifier" for stage in stages):  # both methods share these two
+                if not block_d.denoiser_checkpoint:
+                    stages.append(Stage(preset, "denoised_denoiser", block_d.denoiser_steps, denoiser))
+                stages.append(Stage(preset, "denoised_classifier", block_d.classifier_steps, clean_classifier,
+                                    same_step_as=same("noise-trained", config.batch_size, 1)))
+            if method == "denoised_finetuned":
                 stages.append(Stage(preset, "denoised_finetune", block_d.finetune_steps * len(sigmas),
                                     denoised_finetune, note=per_sigma))
-        elif method == "rrcm":
-            stages.append(Stage(preset, "rrcm_pretrain", block_r.pretrain_steps, rrcm_pretrain))
-            stages.append(Stage(preset, "rrcm_finetune", block_r.finetune_steps * len(sigmas), rrcm_finetune,
-                                note=per_sigma))
+        elif method in ("rrcm", "rrcm_scratch"):
+            if method == "rrcm":
+                stages.append(Stage(preset, "rrcm_pretrain", block_r.pretrain_steps, rrcm_pretrain))
+            stages.append(Stage(preset, f"{method}_finetune", block_r.finetune_steps * len(sigmas), rrcm_finetune,
+                                same_step_as=f"rrcm fine-tune batch {block_r.finetune_batch_size}", note=per_sigma))
         else:
             raise ValueError(f"config.methods holds {method!r}, which this benchmark does not know")
     return stages
@@ -195,7 +199,6 @@ def smoothing_stages(config, preset: str) -> list[Stage]:
 def sde_stages(config, preset: str) -> list[Stage]:
     """One stage per dataset: the step of config.models[0] with the reference's batch rule on that dataset's series;
     total = epochs x steps per epoch x missing rates x models x seeds (every cell trains to the last epoch)."""
-    import jax
 
     from experiments.benchmarks.train_step import CoreStep
     from robust_jax.data.timeseries import prepare_timeseries
@@ -210,7 +213,7 @@ def sde_stages(config, preset: str) -> list[Stage]:
         data = prepare_timeseries(dataset, config.missing_rates[0], config.seed, use_intensity=config.use_intensity,
                                   allow_download=config.allow_download)
         model = study.build_model(config, model_name, data.num_classes)
-        batch_size, steps_per_epoch, fns = cell_setup(model, data, protocol, jax.device_count())
+        batch_size, steps_per_epoch, fns = cell_setup(model, data, protocol)
 
         def build(data=data, batch_size=batch_size, fns=fns):
             train = _split_arrays(data, "train")

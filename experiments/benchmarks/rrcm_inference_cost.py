@@ -22,10 +22,11 @@ def certifiable_classifiers(config):
     import jax
     import jax.numpy as jnp
 
-    from robust_jax.smoothing import denoised_method, rrcm_method
+    from robust_jax.smoothing.methods.denoised import method as denoised_method
+    from robust_jax.smoothing.methods.rrcm import method as rrcm_method
     from robust_jax.smoothing.classifiers import CertifiableClassifier, build_classifier
-    from robust_jax.smoothing.denoiser import TinyUNet, denoised_apply_fn, make_denoiser_init_fn
-    from robust_jax.smoothing.rrcm_apply import rrcm_apply_fn
+    from robust_jax.smoothing.methods.denoised.denoiser import TinyUNet, denoised_apply_fn, make_denoiser_init_fn
+    from robust_jax.smoothing.methods.rrcm.apply import rrcm_apply_fn
     from robust_jax.smoothing.study_data import dataset_shape
 
     num_classes, image_shape = dataset_shape(config)

@@ -72,7 +72,7 @@ def epoch_seconds(model_name: str, epochs: int, seed: int = 0, reference_protoco
                         weight_decay_scale=options["weight_decay_scale"],
                         last_layer_grad_scale=options["last_layer_grad_scale"])
     mesh = mesh_lib.make_data_mesh()
-    _, steps_per_epoch, fns = cell_setup(model, data, protocol, mesh.devices.size)
+    _, steps_per_epoch, fns = cell_setup(model, data, protocol)
     init_key, train_key, eval_key = jax.random.split(jax.random.key(seed), 3)
     state, shardings = initial_state(fns.init_fn, fns.optimizer, init_key, mesh)
     step = compiled_train_step(fns.loss_fn, fns.optimizer, shardings, mesh)
@@ -128,8 +128,9 @@ def torch_classifier(model_name: str, channels: int, num_classes: int, reference
     import torchsde
     from torch import nn
 
-    if model_name not in ("lsde", "lnsde", "gsde"):
-        raise ValueError(f"model={model_name!r}: the torch reference has lsde, lnsde and gsde")
+    if model_name not in ("lsde", "lnsde", "gsde", "naive_sde"):
+        raise ValueError(f"model={model_name!r}: the torch reference has lsde, lnsde, gsde and naive_sde")
+    naive = model_name == "naive_sde"
 
     class Field(nn.Module):
         """Drift f and diagonal diffusion g for torchsde; the control path is set per batch."""
@@ -138,12 +139,14 @@ def torch_classifier(model_name: str, channels: int, num_classes: int, reference
 
         def __init__(self):
             super().__init__()
-            self.control = nn.Linear(channels, hidden)
+            if not naive:  # the naive SDE's drift reads t and z only (the reference's neuralsde_3_18)
+                self.control = nn.Linear(channels, hidden)
+                self.embed = nn.Linear(2 * hidden, hidden)
             self.state = nn.Linear(hidden if model_name == "lsde" else hidden + 2, hidden)
-            self.embed = nn.Linear(2 * hidden, hidden)
             self.hidden_layers = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers - 1))
             self.out = nn.Linear(hidden, hidden)
-            self.sigma = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+            self.sigma = nn.Sequential(nn.Linear(hidden + 2 if naive else 2, hidden), nn.ReLU(),
+                                       nn.Linear(hidden, hidden), nn.ReLU())
             self.theta = nn.Parameter(torch.tensor(1.0))
             self.path = None
             self.drift_calls = 0
@@ -155,15 +158,19 @@ def torch_classifier(model_name: str, channels: int, num_classes: int, reference
         def f(self, t, z):
             self.drift_calls += 1
             state = z if model_name == "lsde" else torch.cat([self.time_features(t, z.shape[0]), z], -1)
-            h = torch.relu(self.embed(torch.cat([self.state(state), self.control(self.path.evaluate(t))], -1)))
+            if naive:
+                h = torch.relu(self.state(state))
+            else:
+                h = torch.relu(self.embed(torch.cat([self.state(state), self.control(self.path.evaluate(t))], -1)))
             for layer in self.hidden_layers:
                 h = torch.relu(layer(h))
             h = self.out(h)
             return torch.tanh(h * torch.tanh(z)) if model_name == "gsde" else torch.tanh(h)
 
         def g(self, t, z):
-            sigma = self.sigma(self.time_features(t, z.shape[0]))
-            if model_name != "lsde":
+            features = self.time_features(t, z.shape[0])
+            sigma = self.sigma(torch.cat([features, z], -1) if naive else features)
+            if model_name in ("lnsde", "gsde"):
                 sigma = sigma * z
             return torch.tanh(torch.sigmoid(self.theta) * sigma)
 
@@ -172,6 +179,8 @@ def torch_classifier(model_name: str, channels: int, num_classes: int, reference
             super().__init__()
             self.initial = nn.Linear(channels, hidden)
             self.field = Field()
+            # The reference's readout of the final z (torch-ists' NeuralSDE), then its classifier head.
+            self.readout = nn.Sequential(nn.Tanh(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
             self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden, eps=1e-5, momentum=0.1),
                                       nn.ReLU(), nn.Dropout(0.1), nn.Linear(hidden, num_classes))
 
@@ -179,7 +188,7 @@ def torch_classifier(model_name: str, channels: int, num_classes: int, reference
             self.field.path = torchcde.CubicSpline(coeffs, times)
             z0 = self.initial(self.field.path.evaluate(times[0]))
             zs = torchsde.sdeint(self.field, z0, times, method="euler", dt=float(times[1] - times[0]), bm=bm)
-            return self.head(zs[-1])
+            return self.head(self.readout(zs[-1]))
 
     model = Classifier()
     if reference_protocol:

@@ -8,19 +8,14 @@ Presets:
   cpu    (default) d = 5, N = 20, Λ = diag(1, 1.5, 2, 3, 4); LSA by SGD on 4096 fresh prompts a step;
          GPT-2 tiny (3 layers, 2 heads, 64 wide) for 8,000 Adam steps on 11-point identity prompts, the gradient
          accumulated over 4 micro-batches of 16 prompts.
+         2-core CPU: 5.3 min idle; 8 min 22 s in `make reproduce` (2026-11-30, light other load).
          Expected: lsa_minimum_rel_err < 0.01, lsa_zero_entries_max_rel < 1e-3, lsa_test_mse within 5% of
          theory_test_mse, varying_minimum_rel_err < 0.05, LSA error growing with the covariate scale c while least
-         squares stays flat; GPT-2 error at 2d = 10 examples at most 0.1.
-         Measured: lsa_minimum_rel_err 0.0022, zero entries
-         3.7e-4, lsa_test_mse 1.598 [1.579, 1.616] vs theory 1.604, varying_minimum_rel_err 0.0069, LSA error
-         0.35 / 52 / 894 at c = 1 / 2 / 3 (least squares ~1e-12), gpt2_error_at_2d 0.076 (2026-11-29: all
-         798 metrics bit for bit the same before and after GPT-2 moved onto the study's core-loop functions).
-         Runtime: 5.3 min on an idle 2-core CPU (GPT-2 at ~52 steps/s). GPT-2's number moves with float rounding:
-         0.063 before the attention was rewritten as einsums, 0.083 with whole-batch gradients; the 0.080 recorded
-         earlier for the einsum code did not reproduce (the code before the change gives 0.076 too).
-  paper  d = 20, N = 40, ZFB's setting; GPT-2 standard (12/8/256), 500k steps at 1e-4 (for accelerators).
+         squares stays flat; GPT-2 error at 2d = 10 examples at most 0.1 (it moves with float rounding).
+  paper  d = 20, N = 40, ZFB's setting; GPT-2 standard (12/8/256), 500k steps at 1e-4 (for accelerators; not run).
 
 Results: results.json metrics and errors_<shift>.png (error against the number of in-context examples).
+Measurements and history: docs/results/icl.md
 """
 
 import ml_collections
@@ -58,7 +53,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.gpt2_points = 2 * c.dim + 1
     c.gpt2_curriculum = True
     # micro_batch_size 16: the gradient accumulated over micro-batches of 16 prompts (each micro-batch draws its
-    # prompts from its own key); on CPUs ~1.3-1.4x faster than the whole batch of 64 at once.
+    # prompts from its own key); on CPUs faster than the whole batch of 64 at once (docs/results/icl.md).
     if preset == "tiny":
         c.dim = 3
         c.n_context = 6

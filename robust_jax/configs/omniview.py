@@ -4,50 +4,24 @@ objects' canonical, viewpoint-OOD and corrupted (2D-OOD) views of the procedural
 Command:
   python -m experiments.main --config=omniview:cpu --workdir=workdirs/omniview
 
-Stage 1 makes the base CLIP once per workdir (base_source): 'pretrain' trains a small CLIP from scratch on canonical
-views of the training objects (the stand-in for a web-scale CLIP: it has seen objects from the front only);
-'workdir' reuses the base of another omniview run; 'openclip' / 'huggingface' load safetensors weights.
-Stage 2 tunes it once per variant (variants): ovt (LoRA + VIFormer, L_ITC + lambda L_VI on hard views vs centres),
-itc_only, random_views, lora_only, viformer_only, full_ft. The max step runs once per epoch (steps_per_epoch, 0 = a
-pass over the multi-view pairs), the min step every batch of batch_size multi-view + batch_size_2d 2D pairs.
-The train block (batch_size, num_steps, learning_rate, ...) is the tuning stage's; pre-training has pretrain_* fields.
+Stage 1 makes the base CLIP (base_source: 'pretrain', 'workdir', 'openclip', 'huggingface'); stage 2 tunes it per
+variant (ovt, itc_only, random_views, lora_only, viformer_only, full_ft). The train block is the tuning stage's;
+pre-training has pretrain_* fields.
 
 Presets:
-  tiny   seconds; tests and Colab. 3 objects per category at 16 px, 4 pre-training steps, 4 tuning steps per
-         variant in 2 epochs. Accuracies are not meaningful.
-  cpu    (default) 40 objects per category (30 tuned on, 10 held out), 16 views each (8 canonical, 2 of each OOD
-         kind), 32 px. Stage 1: the small CLIP (ViT 4x4 patches of 8 px, width 96, 3 layers; text width 64,
-         2 layers), 1,200 AdamW steps at batch 128. Stage 2: every variant, 600 steps (4 epochs of 180, one max
-         step each) of 64 multi-view + 32 2D pairs, K = 5 hard views, margin 0.3, lambda 1, AdamW lr 1e-4 cosine
-         to 1e-7 (the paper's 5e-5 is for 20k-35k steps on ViT-B), VIFormer MLP 256.
-         Measured wall time (2 shared cores, load average 5-7, 1 device): data 15 s, stage 1 302 s, stage 2 per
-         variant 74-159 s (ovt 106, itc_only 85, random_views 144, lora_only 76, viformer_only 74, full_ft 159) plus
-         7-21 s of evaluation each: 17.2 minutes in all. In `make reproduce` on a fresh clone (2026-11-30, load
-         average about 2, multi-view set read from the cache): 5 min 52 s.
-         Measured zero-shot top-1 (%) on held-out objects, seed 0 (canonical / viewpoint-OOD / corrupted):
-           base 87.0 / 35.1 / 66.6 (below 22.1, above 16.7, behind 82.5, rolled 19.2)
-           lr 1e-4 (this preset; every variant in `make reproduce`, 2026-11-30): ovt 85.0 / 36.1 / 66.2, itc_only
-             85.6 / 36.1 / 66.1, random_views 85.1 / 36.2 / 66.2, lora_only 85.5 / 36.0 / 66.8, viformer_only
-             86.6 / 36.1 / 66.4, full_ft 68.8 / 34.2 / 49.5
-           lr 1e-3 (--config.learning_rate=1e-3, every variant): ovt 54.2 / 28.7 / 42.7, itc_only 57.2 / 30.0 /
-             44.0, random_views 54.7 / 28.9 / 43.1, lora_only 53.0 / 28.7 / 41.0, viformer_only 86.4 / 36.4 /
-             66.0, full_ft 59.3 / 35.9 / 42.3
-         The issue's target (viewpoint-OOD +10 points, canonical and corrupted within 2 points, OVT above ITC-only)
-         is NOT met: at lr 1e-4 tuning keeps canonical and corrupted accuracy (-2.0, -0.4) but gains only
-         1 point on viewpoint-OOD, OVT no better than ITC-only; at lr 1e-3 the adapted tower forgets. Without the
-         rotation (lr 3e-4, max_rotation_degrees=0) it is the same: ovt 82.4 / 36.3 / 65.0, itc_only 83.6 / 36.5 /
-         65.7, so the augmentation is not what holds the gain back.
-  paper  for accelerators (not run here): ViT-B/32 from an OpenCLIP safetensors file (base_path, base_model_name;
-         or base_source='huggingface' with a save_pretrained folder), MVCap-style metadata {path, caption, obj_id,
-         img_id} (mvcap_metadata) plus 2D pairs {path, caption} (image_caption_metadata), batch 512 + 256,
-         AdamW lr 5e-5 cosine to 1e-7, 80 OpenAI prompt templates; evaluated on the procedural set rendered at
-         224 px (all of its objects are unseen). Set base_path, bpe_vocab_path and the metadata paths.
+  tiny   seconds; tests and Colab (3 objects per category at 16 px, 4 + 4 steps). Accuracies are not meaningful.
+  cpu    (default) 40 objects per category (10 held out), 16 views each, 32 px; a small CLIP pre-trained 1,200 steps;
+         every variant tuned 600 steps, AdamW lr 1e-4. 2-core CPU: 5 min 52 s in `make reproduce` (2026-11-30,
+         multi-view set cached); 17.2 min with the 2 cores shared (load average 5-7).
+         Expected zero-shot top-1 (%) canonical / viewpoint-OOD / corrupted: base 87.0 / 35.1 / 66.6, ovt 85.0 /
+         36.1 / 66.2: about +1 point viewpoint-OOD, not the paper's +10 (the paired verdicts: results/REPORT.md).
+  paper  for accelerators (not run): ViT-B/32 from an OpenCLIP safetensors file (base_path, base_model_name; or
+         base_source='huggingface'), MVCap-style metadata (mvcap_metadata, image_caption_metadata), batch 512 + 256,
+         AdamW 5e-5, 80 OpenAI templates; evaluated at 224 px. Set base_path, bpe_vocab_path and the metadata paths.
 
-Results: results.json metrics zero_shot_top1[model][split] (model: base and each variant; split: canonical,
-viewpoint_ood, corrupted, ood_<kind>, corrupted_<corruption>), zero_shot_top5, zero_shot_count, targets (OVT's gain
-and drops), trainable_parameters, tuning, splits; zero_shot_top1.{md,csv,png}, multiview_grid.png, timings.json.
-
-Override any field with --config.<field>=<value>, e.g. --config.variants="('ovt','itc_only')".
+Results: results.json metrics zero_shot_top1[model][split], zero_shot_top5, targets, trainable_parameters, splits;
+zero_shot_top1.{md,csv,png}, multiview_grid.png, timings.json. Override fields with --config.<field>=<value>.
+Measurements and history: docs/results/omniview.md
 """
 
 import ml_collections

@@ -4,30 +4,24 @@ Command:
   python -m experiments.main --config=smoothing:cpu --workdir=workdirs/smoothing
 
 Presets:
-  tiny  seconds; tests and Colab (two sigmas, n = 200, a handful of test digits). Numbers are not meaningful.
-  cpu   (default) digits, SmallCNN (32, 64 channels) trained per sigma in {0.12, 0.25, 0.5} with Gaussian noise,
-        consistency regularisation (Jeong & Shin, lambda = 10, eta = 0.5, 2 copies) and 1-pixel translations;
-        4,000 Adam steps at batch 128; CERTIFY with
-        alpha = 0.001, n0 = 100, n = 10,000 on every 3rd test digit (120 of 360). See results.json / certified_accuracy.md.
-        Measured: 7.0 min on an idle 2-core CPU (a run on a loaded machine gave identical metrics). Certified accuracy
-        at r = 0 / 0.25 / 0.5 / 0.75: sigma 0.12: 1.00 / 0.95 / 0 / 0; sigma 0.25: 0.98 / 0.93 / 0.68 / 0.17;
-        sigma 0.5: 0.89 / 0.62 / 0.22 / 0. (n = 10,000 at alpha = 0.001 caps the radius at 3.2 sigma.)
+  tiny      seconds; tests and Colab (two sigmas, n = 200, a handful of test digits). Numbers are not meaningful.
+  cpu       (default) digits, SmallCNN (32, 64 channels) per sigma in {0.12, 0.25, 0.5}: Gaussian noise, consistency
+            regularisation (Jeong & Shin, lambda = 10, eta = 0.5, 2 copies), 1-pixel translations, 4,000 Adam steps
+            at batch 128; CERTIFY (alpha = 0.001, n0 = 100, n = 10,000) on every 3rd test digit (120 of 360).
+            2-core CPU: 7.0 min idle; 10 min 38 s in `make reproduce` (2026-11-30, light other load).
+            Expected certified accuracy at r = 0 / 0.25 / 0.5 / 0.75: sigma 0.25: 0.98 / 0.93 / 0.68 / 0.17;
+            sigma 0.5: 0.89 / 0.62 / 0.22 / 0 (one run on 120 digits: about +-0.04 at 0.79).
+  cifar10   Cohen et al.'s CIFAR-10 setting, for accelerators (not run): ResNet-110, sigma in {0.12, 0.25, 0.5, 1.0},
+            SGD (lr 0.1, momentum 0.9, weight decay 1e-4, x0.1 every 30 epochs), 90 epochs at batch 256, crop + flip;
+            CERTIFY with n = 100,000, batch 400 on every 20th test image (500). Needs tfds cifar10 in array_record
+            format: --config.data_dir=DIR.
+  imagenet  the same for ImageNet: ResNet-50, sigma in {0.25, 0.5, 1.0}, every 100th validation image (500).
+  The ResNets are certified BatchNorm-folded (resnet.fast_inference). config.methods: cpu and tiny train
+  "gaussian_consistency", cifar10 and imagenet "gaussian"; configs/rrcm.py compares all four methods.
 
-  cifar10   Cohen et al.'s CIFAR-10 setting, for accelerators: ResNet-110, sigma in {0.12, 0.25, 0.5, 1.0}, SGD
-            (lr 0.1, momentum 0.9, weight decay 1e-4, x0.1 every 30 epochs) for 90 epochs at batch 256 with the
-            loaders' crop + flip augmentation; CERTIFY with alpha = 0.001, n0 = 100, n = 100,000, batch 400 on every
-            20th test image (500). Needs tfds cifar10 prepared in array_record format: --config.data_dir=DIR.
-  imagenet  the same for ImageNet: ResNet-50, sigma in {0.25, 0.5, 1.0}, 90 epochs at batch 256, every 100th
-            validation image (500). Needs tfds imagenet2012 in array_record format under --config.data_dir.
-  For the ResNets, certification runs the BatchNorm-folded network (resnet.fast_inference).
-
-  config.methods chooses the smoothed classifiers: cpu and tiny train "gaussian_consistency", cifar10 and imagenet
-  "gaussian" (Cohen et al.'s noise augmentation); configs/rrcm.py compares all four methods
-  (gaussian, gaussian_consistency, denoised, rrcm).
-
-Output: certified_accuracy.{md,csv,png} in the workdir (every method), <method>/certified_accuracy.* (its sigmas),
-inference_cost.json, and results.json metrics["certified_accuracy"][method]["sigma=0.25"]["r=0.5"] etc. ("best" is
-the envelope over sigma), metrics["inference_flops_per_sample"][method].
+Output: certified_accuracy.{md,csv,png}, <method>/certified_accuracy.*, inference_cost.json; results.json
+metrics["certified_accuracy"][method]["sigma=0.25"]["r=0.5"] ("best": the envelope over sigma).
+Measurements and history: docs/results/smoothing.md
 """
 
 import ml_collections
@@ -42,9 +36,11 @@ def rrcm_block() -> ml_collections.ConfigDict:
 
     Backbone: a ViT preset ("Ti", "S", "B"); patch_size, width, depth, num_heads, mlp_dim override it (0: the
     preset's; patch 0: 4 at 32x32, 16 at 224x224). Pretraining: AdamW with linear warm-up then cosine decay, gradient
-    clipping by global norm, the discretisation curriculum start -> end levels, the EMA target rate ema_start ->
-    ema_end. Fine-tuning: a linear head, AdamW with layer-wise learning-rate decay (1.0: none), the consistency loss
-    of the config (consistency_lambda, consistency_eta, consistency_copies) and max_translation.
+    clipping by global norm, the official rounding-up discretisation curriculum start -> end levels, the official
+    EMA schedule ema_start -> ema_end (shape ema_shape), the two views of `views`. Fine-tuning: a linear head
+    (trained or frozen, init std head_init_std), AdamW with warm-up, cosine decay and layer-wise learning-rate decay
+    (1.0: none), the consistency loss of the config (consistency_lambda, consistency_eta, consistency_copies) and
+    max_translation.
     """
     b = ml_collections.ConfigDict()
     b.backbone = "Ti"
@@ -60,7 +56,13 @@ def rrcm_block() -> ml_collections.ConfigDict:
     b.curriculum_start_levels = 21
     b.curriculum_end_levels = 81
     b.ema_start = 0.99
-    b.ema_end = 0.9999
+    b.ema_end = 0.0  # 0: tied to the run, an averaging horizon of ema_end_horizon of the pretraining steps
+    b.ema_end_horizon = 1 / 30  # the official 0.9999 over 300k steps
+    b.ema_shape = 15.0  # the official schedule's A (CIFAR-10; 10 for ImageNet)
+    b.views = "augment"  # the instance views: "augment" (crop, intensity jitter, blur, solarize) or "translate"
+    b.crop_min_area = 0.35
+    b.jitter = 0.4
+    b.blur_max_sigma = 1.0
     b.pretrain_steps = 2000
     b.pretrain_batch_size = 128
     b.pretrain_learning_rate = 1e-3
@@ -71,7 +73,10 @@ def rrcm_block() -> ml_collections.ConfigDict:
     b.finetune_batch_size = 128
     b.finetune_learning_rate = 5e-4
     b.finetune_weight_decay = 0.0
+    b.finetune_warmup_steps = 0
     b.layer_decay = 1.0
+    b.finetune_head = "trained"  # or "frozen" at its init, as the official consistency fine-tuning has it
+    b.head_init_std = 0.0  # 0: a zero head; the official draws it with std 2e-5
     return b
 
 

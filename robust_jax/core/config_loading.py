@@ -12,24 +12,27 @@ import ast
 import importlib
 import importlib.util
 import os
+import pkgutil
 
 import ml_collections
 
 from robust_jax.core.checks import ConfigError
 
 CONFIG_PACKAGE = "robust_jax.configs"
-# Config files in robust_jax/configs beside the studies' own: each names the study it runs in config.study.
-EXTRA_CONFIGS = ("rrcm",)
+
+
+def config_names() -> list[str]:
+    """The config files in robust_jax/configs: one per study, and others that name the study they run in
+    config.study (e.g. `rrcm`, the smoothing study's method comparison)."""
+    package = importlib.import_module(CONFIG_PACKAGE)
+    return sorted(info.name for info in pkgutil.iter_modules(package.__path__) if not info.name.startswith("_"))
 
 
 def config_module(name: str):
-    """The module `robust_jax/configs/<name>.py`: a study's config, or one of EXTRA_CONFIGS (ConfigError listing
-    them)."""
-    from robust_jax.core.run import STUDIES
-
-    if name not in STUDIES and name not in EXTRA_CONFIGS:
-        raise ConfigError(f"config.study={name!r} is not allowed: must be one of {list(STUDIES)} "
-                          f"(or the config files {list(EXTRA_CONFIGS)})")
+    """The module `robust_jax/configs/<name>.py` (ConfigError listing the config files)."""
+    names = config_names()
+    if name not in names:
+        raise ConfigError(f"config.study={name!r} is not allowed: must be one of the config files {names}")
     return importlib.import_module(f"{CONFIG_PACKAGE}.{name}")
 
 

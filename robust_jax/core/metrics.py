@@ -42,6 +42,8 @@ class MetricsWriter:
         os.replace(tmp, self.path)
 
     def write(self, step: int, scalars: dict) -> None:
+        """One line of `step` and the values: scalars, or lists (one value per member of a training of several
+        members; TensorBoard gets their mean over the finite ones)."""
         if not self._active:
             return
         record = {"step": int(step)}
@@ -49,6 +51,9 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for name, value in record.items():
+            if isinstance(value, list):
+                finite = [v for v in value if math.isfinite(v)]
+                value = sum(finite) / len(finite) if finite else float("nan")
             if name != "step" and math.isfinite(value):
                 self._tb.add_scalar(name, value, global_step=int(step))
 
@@ -57,5 +62,6 @@ class MetricsWriter:
             self._tb.close()
 
 
-def _to_float(value) -> float:
-    return float(np.asarray(value))
+def _to_float(value) -> float | list[float]:
+    array = np.asarray(value, np.float64)
+    return float(array) if array.ndim == 0 else [float(v) for v in array.ravel()]

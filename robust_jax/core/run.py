@@ -5,8 +5,9 @@ and a module `robust_jax.<study>.study` that has
   * `check_config(config)`: the study's own fields (the train block is checked here, for every study),
   * `run(config, workdir, *, mesh=None) -> {"metrics": ...}`: the study's results only (no timings), so two runs of
     the same config compare equal; `mesh` is the 1-D data mesh to run on (default: every device),
-  * `restore(config, workdir) -> (model, params, metrics_path)`: the trained model of a run and the metrics.jsonl
-    of its main training, for `load_run`,
+  * `load_data(config)`: the data its trainings read (None for a study that generates its data in the step),
+  * `trainings(config, workdir, data)`: the generator that declares its trainings (`core.train.Training`), which
+    `run` trains and `load_run` restores (`core.train.drive`),
   * optionally `AUTO_BATCH_SIZE = True` when batch_size 0 means "the study's rule".
 """
 
@@ -25,6 +26,7 @@ from jax.sharding import Mesh
 
 from robust_jax.core.checks import ConfigError
 from robust_jax.core.config import check_train_block
+from robust_jax.core.train import drive, has_checkpoint, restore
 
 # Every study, in the order the reproduction runs them.
 STUDIES = ("digits", "icl", "smoothing", "sde", "omniview")
@@ -108,18 +110,18 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | N
 class Run:
     """A finished or interrupted run, opened again: `robust_jax.load_run(workdir)`.
 
-    config: its config (locked). model: the trained model (a Flax module; for studies that train several, a dict
-    by name). params: its parameters restored from the latest checkpoint (the same structure). results: the
-    `results.json` contents (None while the run is unfinished). history: the `metrics.jsonl` rows of the main
-    training run, one dict per logged step.
+    config: its config (locked). model, params, history: dicts by training name (the trainings' folders in the
+    workdir, e.g. "classifier", "gaussian/sigma=0.25"): the trained model (a Flax module or an apply function), what
+    it applies to (restored from the latest checkpoint), and the `metrics.jsonl` rows of that training, one dict per
+    logged step. results: the `results.json` contents (None while the run is unfinished).
     """
 
     workdir: str
     config: ml_collections.ConfigDict
-    model: Any
-    params: Any
+    model: dict[str, Any]
+    params: dict[str, Any]
     results: dict | None
-    history: list[dict]
+    history: dict[str, list[dict]]
 
     @property
     def metrics(self) -> dict | None:
@@ -140,7 +142,8 @@ def read_history(path: str) -> list[dict]:
 
 
 def load_run(workdir: str) -> Run:
-    """Opens the run in `workdir`: its config, model, restored parameters, results and metric history."""
+    """Opens the run in `workdir`: its config, and per training (as the study declares them, up to the first that has
+    no checkpoint yet) its model, restored parameters and metric history; the results once the run has finished."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir!r} holds no run: no config.json (was it written by run_study?)")
@@ -149,10 +152,17 @@ def load_run(workdir: str) -> Run:
     config = ml_collections.ConfigDict(fields)  # JSON turned the tuples into lists; they are tuples again
     config.lock()
     study = load_study(config.study)
-    model, params, history_path = study.restore(config, workdir)
+    declared = study.trainings(config, workdir, study.load_data(config))
+    restored = drive(declared, lambda t: restore(t, workdir) if has_checkpoint(t, workdir) else None)
+    models, params, history = {}, {}, {}
+    for name, (training, result) in restored.items():
+        if training.model is None:
+            continue
+        models[name] = training.model
+        params[name] = training.variables(result.state.params, result.state.model_state)
+        history[name] = read_history(os.path.join(workdir, name, "metrics.jsonl"))
     results = None
     if os.path.exists(os.path.join(workdir, "results.json")):
         with open(os.path.join(workdir, "results.json")) as f:
             results = json.load(f)
-    return Run(workdir=workdir, config=config, model=model, params=params, results=results,
-               history=read_history(history_path))
+    return Run(workdir=workdir, config=config, model=models, params=params, results=results, history=history)

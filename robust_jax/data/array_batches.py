@@ -91,3 +91,31 @@ class IndexBatches:
 
     def set_state(self, state: dict) -> None:
         self.step = int(state["step"])
+
+
+class MemberBatches:
+    """The batches of several independent models trained as one program (`core.train.Training.members`): one
+    iterator per member, their batches stacked as (B, M, ...) (the example axis first, so the batch shards over the
+    devices as any other). The position is every member's position."""
+
+    def __init__(self, members: list):
+        if not members:
+            raise ValueError("MemberBatches needs at least one member's batches")
+        self.members = list(members)
+        self.batch_size = self.members[0].batch_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batches = [next(member) for member in self.members]
+        return {name: np.stack([batch[name] for batch in batches], axis=1) for name in batches[0]}
+
+    def get_state(self) -> dict:
+        return {"members": [member.get_state() for member in self.members]}
+
+    def set_state(self, state: dict) -> None:
+        if len(state["members"]) != len(self.members):
+            raise ValueError(f"a position of {len(state['members'])} members for {len(self.members)} members")
+        for member, saved in zip(self.members, state["members"]):
+            member.set_state(saved)

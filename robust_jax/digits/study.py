@@ -6,8 +6,6 @@ in seconds, and its noise-augmented model is the quickest base classifier for ra
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,7 +16,7 @@ from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.evaluate import evaluate
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import restore_latest_state, train
+from robust_jax.core.train import Training, drive, train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.data.digits import IMAGE_SHAPE, NUM_CLASSES, load_digits_splits
 from robust_jax.models.cnn import SmallCNN
@@ -40,7 +38,8 @@ def build_model(config: ml_collections.ConfigDict) -> SmallCNN:
 
 
 def make_loss_fn(model: SmallCNN, noise_sigma: float):
-    def loss_fn(params, model_state, batch, key):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del step, constants
         images = batch["image"]
         if noise_sigma > 0:
             # Drawn for the global batch inside the step: the same noise for any device or process count.
@@ -60,36 +59,33 @@ def init_fn_for(model: SmallCNN):
     return init_fn
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str):
-    """(model, parameters of the latest checkpoint, metrics.jsonl path) of a digits run: for `robust_jax.load_run`."""
+def load_data(config: ml_collections.ConfigDict) -> dict:
+    return load_digits_splits(config.test_fraction, seed=config.seed)
+
+
+def trainings(config: ml_collections.ConfigDict, workdir: str, splits: dict):
+    """The study's one training, "classifier": the SmallCNN on the training split (`core.train.Training`)."""
+    del workdir
     model = build_model(config)
-    state = restore_latest_state(workdir, init_fn_for(model), optax.adam(config.learning_rate), config.seed)
-    return model, state.params, os.path.join(workdir, "metrics.jsonl")
+    yield Training(
+        name="classifier",
+        init_fn=init_fn_for(model),
+        loss_fn=make_loss_fn(model, config.noise_sigma),
+        optimizer=optax.adam(config.learning_rate),
+        loop=loop_config(config),
+        batches=lambda: ArrayBatches(splits["train"], batch_size=config.batch_size, seed=config.seed,
+                                     process_index=jax.process_index(), process_count=jax.process_count()),
+        desc="digits",
+        model=model,
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     """Trains (or resumes) and evaluates; returns {"metrics": {...}} with the test accuracy and loss."""
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-    splits = load_digits_splits(config.test_fraction, seed=config.seed)
-    model = build_model(config)
-
-    batches = ArrayBatches(
-        splits["train"],
-        batch_size=config.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    state = train(
-        workdir=workdir,
-        init_fn=init_fn_for(model),
-        loss_fn=make_loss_fn(model, config.noise_sigma),
-        optimizer=optax.adam(config.learning_rate),
-        batches=batches,
-        loop=loop_config(config),
-        mesh=mesh,
-        desc="digits",
-    ).state
+    splits = load_data(config)
+    trained = drive(trainings(config, workdir, splits), lambda training: train(training, workdir, mesh=mesh))
+    model, params = build_model(config), trained["classifier"][1].state.params
 
     def per_example(params, batch):
         logits = model.apply(params, batch["image"])
@@ -98,13 +94,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
             "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
         }
 
-    test = evaluate(per_example, state.params, splits["test"], batch_size=config.eval_batch_size, mesh=mesh)
-    train_metrics = evaluate(per_example, state.params, splits["train"], batch_size=config.eval_batch_size, mesh=mesh)
+    test = evaluate(per_example, params, splits["test"], batch_size=config.eval_batch_size, mesh=mesh)
+    train_metrics = evaluate(per_example, params, splits["train"], batch_size=config.eval_batch_size, mesh=mesh)
     return {
         "metrics": {
             "test_accuracy": test["accuracy"],
             "test_loss": test["loss"],
             "train_accuracy": train_metrics["accuracy"],
         },
-        "state": state,
     }

@@ -200,7 +200,8 @@ def training_functions(model: InContextGPT2, spec: PromptSpec, curriculum: Curri
     def init_fn(key):
         return model.init(key, jnp.zeros((1, points, spec.dim)), jnp.zeros((1, points))), {}
 
-    def loss_fn(params, model_state, batch, key, step):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del constants
         active_dims, n_points = curriculum_at(step, curriculum)
         xs_BxPxD, ys_BxP = curriculum_points_at(key, spec, batch["index"], active_dims)
         loss = prefix_loss(model.apply(params, xs_BxPxD, ys_BxP), ys_BxP, n_points)

@@ -29,7 +29,7 @@ from jax.sharding import Mesh
 from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import restore_latest_state, train
+from robust_jax.core.train import Training, drive, train
 from robust_jax.data.array_batches import IndexBatches
 from robust_jax.icl import baselines, theory
 from robust_jax.icl.evaluate import normalized_squared_error, summarize_errors
@@ -89,7 +89,8 @@ def lsa_loss_fn(model: LinearSelfAttention, spec: PromptSpec) -> Callable:
     """The core loss of LSA training: squared error of the query prediction on the prompts of `spec` drawn on device
     for the batch's prompt indices ({"index": (B,)})."""
 
-    def loss_fn(params, model_state, batch, key):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del step, constants
         prompts = prompts_at(key, spec, batch["index"])
         predictions = model.apply(params, prompts.xs_BxMxD, prompts.ys_BxM, prompts.x_query_BxD)
         return squared_loss(predictions, prompts.target_B), ({}, model_state)
@@ -97,19 +98,52 @@ def lsa_loss_fn(model: LinearSelfAttention, spec: PromptSpec) -> Callable:
     return loss_fn
 
 
-def train_lsa(spec: PromptSpec, config, *, workdir: str, steps: int, batch_size: int, learning_rate: float,
-              mesh: Mesh, desc: str):
-    """SGD (the discrete version of the paper's gradient flow) on fresh prompts; constant rate for the first half,
-    then cosine decay to zero, which averages out the sampling noise of the final iterates."""
+def _index_batches(batch_size: int) -> Callable[[], IndexBatches]:
+    return lambda: IndexBatches(batch_size=batch_size, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+
+
+def lsa_specs(config) -> dict[str, PromptSpec]:
+    """The prompt distributions of the two LSA trainings: a fixed non-isotropic Λ ("lsa"), a fresh Exp(1) diagonal
+    per prompt ("lsa_varying")."""
+    covariance = np.diag(np.asarray(config.train_eigenvalues, np.float64))
+    return {"lsa": PromptSpec(dim=config.dim, n_context=config.n_context, covariance=covariance),
+            "lsa_varying": PromptSpec(dim=config.dim, n_context=config.n_context, covariance="random_diagonal")}
+
+
+def load_data(config: ml_collections.ConfigDict) -> None:
+    """The ICL study has no dataset: every step draws fresh prompts on device."""
+    del config
+
+
+def trainings(config: ml_collections.ConfigDict, workdir: str, data: None):
+    """The study's trainings (`core.train.Training`): the two LSA stages by SGD (the discrete version of the paper's
+    gradient flow) on fresh prompts, constant rate for the first half, then cosine decay to zero, which averages out
+    the sampling noise of the final iterates; then Garg et al.'s GPT-2 ("gpt2", when config.num_steps > 0), driven
+    by the train block, on identity-covariance prompts of config.gpt2_points points with their curriculum and loss
+    over all prefixes. The GPT-2 accepts prompts as long as the shift suite's, but positions past the training length
+    are never trained (ZFB's error spike for M > N)."""
+    del workdir, data
     model, init_fn = lsa_model(config)
-    state = train(
-        workdir=workdir, init_fn=init_fn, loss_fn=lsa_loss_fn(model, spec),
-        optimizer=lsa_optimizer(steps, learning_rate),
-        batches=IndexBatches(batch_size=batch_size, process_index=jax.process_index(),
-                             process_count=jax.process_count()),
-        loop=loop_config(config, num_steps=steps, micro_batch_size=0), mesh=mesh, desc=desc,
-    ).state
-    params = jax.device_get(state.params["params"])
+    stages = {"lsa": (config.lsa_steps, config.lsa_batch_size, config.lsa_learning_rate, "LSA"),
+              "lsa_varying": (config.varying_steps, config.varying_batch_size, config.varying_learning_rate,
+                              "LSA varying")}
+    for name, spec in lsa_specs(config).items():
+        steps, batch_size, learning_rate, desc = stages[name]
+        yield Training(name=name, init_fn=init_fn, loss_fn=lsa_loss_fn(model, spec),
+                       optimizer=lsa_optimizer(steps, learning_rate),
+                       loop=loop_config(config, num_steps=steps, micro_batch_size=0),
+                       batches=_index_batches(batch_size), desc=desc, model=model)
+    if config.num_steps > 0:
+        gpt2, gpt2_init, gpt2_loss = gpt2_setup(config, max(shift_prefixes(config)) + 1)
+        yield Training(name="gpt2", init_fn=gpt2_init, loss_fn=gpt2_loss, optimizer=optax.adam(config.learning_rate),
+                       loop=loop_config(config), batches=_index_batches(config.batch_size), desc="GPT-2",
+                       model=gpt2)
+
+
+def weights_of(params) -> tuple[np.ndarray, np.ndarray]:
+    """(W^KQ, W^PV) of trained LSA parameters, in float64."""
+    params = jax.device_get(params["params"])
     return np.asarray(params["w_kq"], np.float64), np.asarray(params["w_pv"], np.float64)
 
 
@@ -181,37 +215,8 @@ def gpt2_setup(config, max_points: int) -> tuple:
     return (model, *training_functions(model, spec, curriculum))
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str):
-    """({"lsa", "lsa_varying", "gpt2"}: model, the same keys: parameters of the latest checkpoints, metrics.jsonl of
-    the GPT-2 training (of the LSA's without GPT-2)) of an ICL run, for `robust_jax.load_run`; stages that have not
-    trained yet are left out."""
-    models, params = {}, {}
-    lsa, lsa_init = lsa_model(config)
-    stages = [("lsa", lsa, lsa_init, lsa_optimizer(config.lsa_steps, config.lsa_learning_rate)),
-              ("lsa_varying", lsa, lsa_init, lsa_optimizer(config.varying_steps, config.varying_learning_rate))]
-    if config.num_steps > 0:
-        gpt2, gpt2_init, _ = gpt2_setup(config, max(shift_prefixes(config)) + 1)
-        stages.append(("gpt2", gpt2, gpt2_init, optax.adam(config.learning_rate)))
-    for name, model, init_fn, optimizer in stages:
-        if os.path.isdir(os.path.join(workdir, name, "checkpoints")):
-            models[name] = model
-            params[name] = restore_latest_state(os.path.join(workdir, name), init_fn, optimizer, config.seed).params
-    history = "gpt2" if "gpt2" in params else "lsa"
-    return models, params, os.path.join(workdir, history, "metrics.jsonl")
-
-
-def train_gpt2(config, *, workdir: str, max_points: int, mesh: Mesh):
-    """Garg et al.'s GPT-2 on identity-covariance prompts of config.gpt2_points points, loss over all prefixes,
-    their curriculum (optional), trained by the config's train block; returns a predictor (xs, ys, x_query) -> ŷ.
-    The model accepts prompts of up to max_points points, but positions past the training length are never
-    trained (ZFB's error spike for M > N)."""
-    model, init_fn, loss_fn = gpt2_setup(config, max_points)
-    state = train(
-        workdir=workdir, init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.adam(config.learning_rate),
-        batches=IndexBatches(batch_size=config.batch_size, process_index=jax.process_index(),
-                             process_count=jax.process_count()),
-        loop=loop_config(config), mesh=mesh, desc="GPT-2",
-    ).state
+def gpt2_predictor(model, params) -> Callable:
+    """The trained GPT-2 as a predictor (xs, ys, x_query) -> ŷ."""
 
     @jax.jit
     def predict(params, xs_BxMxD, ys_BxM, x_query_BxD):
@@ -219,7 +224,7 @@ def train_gpt2(config, *, workdir: str, max_points: int, mesh: Mesh):
         labels = jnp.concatenate([ys_BxM, jnp.zeros_like(ys_BxM[:, :1])], axis=1)
         return model.apply(params, points, labels)[:, -1]
 
-    return functools.partial(predict, state.params)
+    return functools.partial(predict, params)
 
 
 def shifted_spec(config, base: PromptSpec, shift: str) -> PromptSpec:
@@ -265,14 +270,14 @@ def plot_curves(curves: dict, path: str, title: str) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     dim, n_context = config.dim, config.n_context
-    covariance = np.diag(np.asarray(config.train_eigenvalues, np.float64))
-    spec = PromptSpec(dim=dim, n_context=n_context, covariance=covariance)
+    spec = lsa_specs(config)["lsa"]
+    covariance = spec.covariance
     metrics: dict = {}
+    trained = {name: result.state.params for name, (_, result) in
+               drive(trainings(config, workdir, None), lambda t: train(t, workdir, mesh=mesh)).items()}
 
     # 1. LSA to the global minimum, fixed non-isotropic covariance.
-    lsa_weights = train_lsa(
-        spec, config, workdir=os.path.join(workdir, "lsa"), steps=config.lsa_steps, batch_size=config.lsa_batch_size,
-        learning_rate=config.lsa_learning_rate, mesh=mesh, desc="LSA")
+    lsa_weights = weights_of(trained["lsa"])
     inverse_gamma = np.linalg.inv(np.asarray(theory.gamma(covariance, n_context), np.float64))
     errors = minimum_errors(*lsa_weights, inverse_gamma)
     metrics["lsa_minimum_rel_err"] = errors["rel_err"]
@@ -291,11 +296,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     metrics["lsa_vs_theory_rel_diff"] = abs(metrics["lsa_test_mse"] / metrics["theory_test_mse"] - 1)
 
     # 2. Varying covariance: a fresh Exp(1) diagonal per prompt.
-    varying_spec = PromptSpec(dim=dim, n_context=n_context, covariance="random_diagonal")
-    varying_weights = train_lsa(
-        varying_spec, config, workdir=os.path.join(workdir, "lsa_varying"), steps=config.varying_steps,
-        batch_size=config.varying_batch_size, learning_rate=config.varying_learning_rate, mesh=mesh,
-        desc="LSA varying")
+    varying_weights = weights_of(trained["lsa_varying"])
     diagonals = np.random.default_rng(config.seed).exponential(1.0, size=(config.varying_minimum_samples, dim))
     a_kq, a_pv = (np.asarray(w, np.float64) for w in theory.varying_covariance_minimum(diagonals, n_context))
     matrix_a = a_pv[dim, dim] * a_kq[:dim, :dim]
@@ -322,9 +323,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     gd_step_size = baselines.tune_gradient_descent_step_size(
         tuning.xs_BxMxD, tuning.ys_BxM, tuning.x_query_BxD, tuning.target_B)
     predictors = _predictors(theory.global_minimum(np.eye(dim), n_context), gd_step_size)
-    if config.num_steps > 0:
-        predictors["gpt2"] = train_gpt2(config, workdir=os.path.join(workdir, "gpt2"), max_points=max(prefixes) + 1,
-                                        mesh=mesh)
+    if "gpt2" in trained:
+        predictors["gpt2"] = gpt2_predictor(gpt2_setup(config, max(prefixes) + 1)[0], trained["gpt2"])
     shift_table = {}
     intervals = {}
     for shift in config.shifts:

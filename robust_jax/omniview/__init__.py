@@ -1,4 +1,4 @@
-"""Omniview-Tuning: CLIP + LoRA + VIFormer tuned with minimax cross-view alignment (see notes/omniview.md).
+"""Omniview-Tuning (Ruan et al., ECCV 2024): CLIP + LoRA + VIFormer tuned with minimax cross-view alignment.
 
 The study (`study.py`) has two stages: the base CLIP (`base_model.py`: pre-trained from scratch by `pretrain.py`,
 or loaded) and its tuning (`tuning.py`) in every variant, evaluated zero-shot (`evaluation.py`, `zero_shot.py`).

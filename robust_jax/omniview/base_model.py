@@ -9,7 +9,7 @@ config.base_source:
   huggingface  a HuggingFace CLIPModel.save_pretrained folder with model.safetensors (config.base_path), BPE tokenizer
 
 `check_base` runs before any work (it loads a checkpoint once to see that it fits, and turns every mismatch into a
-ConfigError naming config.base_path); `load_base` makes or loads the base for the run.
+ConfigError naming config.base_path); `load_base` loads a base that this run does not train.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import os
 from collections.abc import Callable
 
 import ml_collections
-from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.models import clip as clip_lib
@@ -91,17 +90,14 @@ def check_base(config: ml_collections.ConfigDict) -> None:
                     f"must equal the checkpoint's image size ({model.config.vision.image_size})")
 
 
-def load_base(config: ml_collections.ConfigDict, workdir: str, data: dict | None, *,
-              mesh: Mesh | None = None, train: bool = True) -> Base:
-    """The base CLIP of this run. With base_source 'pretrain' it is trained in <workdir>/base (or resumed; a finished
-    one is loaded); train=False only restores it (for load_run)."""
-    if config.base_source in ("pretrain", "workdir"):
-        root = workdir if config.base_source == "pretrain" else config.base_path
-        base_dir = os.path.join(root, pretrain.BASE_SUBDIR)
-        if config.base_source == "pretrain" and train:
-            model, variables, tokenizer = pretrain.pretrain(config, base_dir, data, mesh=mesh)
-        else:
-            model, variables, tokenizer = pretrain.restore_pretrained(config, base_dir, mesh=mesh)
+def load_base(config: ml_collections.ConfigDict) -> Base:
+    """The base CLIP of a run whose base is not pre-trained in its own workdir (base_source 'workdir', 'openclip' or
+    'huggingface'); a pre-trained base is the study's "base" training (`pretrain.pretrain_training`)."""
+    if config.base_source == "pretrain":
+        raise ValueError("base_source='pretrain': the base is the study's 'base' training, not loaded")
+    if config.base_source == "workdir":
+        model, variables, tokenizer = pretrain.load_pretrained(
+            config, os.path.join(config.base_path, pretrain.BASE_SUBDIR))
         return Base(model=model, variables=variables, tokenize=tokenizer)
     model, variables = _import_checkpoint(config)
     tokenizer = CLIPTokenizer(config.bpe_vocab_path, context_length=model.config.text.context_length)

@@ -52,8 +52,9 @@ def corrupt(image_HxWxC: np.ndarray, kind: str, rng: np.random.Generator) -> np.
 
 
 def evaluation_set(data: dict[str, np.ndarray], seed: int) -> dict:
-    """{'image' uint8 (M, S, S, 3), 'label' (M,), 'groups': {split: (M,) bool}, 'class_names'}: the held-out
-    objects' views, then their canonical views corrupted by each kind in turn."""
+    """{'image' uint8 (M, S, S, 3), 'label' (M,), 'object' (M,) the object_id each image shows, 'groups': {split:
+    (M,) bool}, 'class_names'}: the held-out objects' views, then their canonical views corrupted by each kind in
+    turn."""
     heldout = data["heldout"]
     views = np.flatnonzero(heldout)
     canonical = np.flatnonzero(heldout & (data["view_split"] == multiview.CANONICAL))
@@ -73,19 +74,24 @@ def evaluation_set(data: dict[str, np.ndarray], seed: int) -> dict:
     groups["corrupted"] = source > 0
     for k, name in enumerate(CORRUPTIONS):
         groups[f"corrupted_{name}"] = source == k + 1
-    return {"image": images, "label": labels, "groups": groups,
+    objects = np.concatenate([data["object_id"][views]] + [data["object_id"][canonical]] * len(CORRUPTIONS))
+    return {"image": images, "label": labels, "object": objects, "groups": groups,
             "class_names": [str(n) for n in data["category_names"]]}
 
 
 def zero_shot_top1(encode_image: Callable, encode_text: Callable, tokenize: Callable, eval_set: dict,
                    templates: Sequence[str], batch_size: int, normalise: Callable) -> dict:
-    """{'zero_shot_top1': {split: accuracy}, 'zero_shot_top5': ..., 'zero_shot_count': ...} of one model.
+    """{'zero_shot_top1': {split: accuracy}, 'zero_shot_top5': ..., 'zero_shot_count': ..., 'top1_correct': (M,)
+    bool per image of the set} of one model.
 
     encode_image(images) / encode_text(token_ids) are the model's (jitted) encoders with parameters bound;
     normalise turns the set's uint8 images into model inputs."""
     class_emb = zero_shot.class_text_embeddings(encode_text, tokenize, eval_set["class_names"], templates)
     image_emb = zero_shot.image_embeddings(lambda x: encode_image(normalise(x)), eval_set["image"], batch_size)
-    return zero_shot.zero_shot_report(image_emb, class_emb, eval_set["label"], eval_set["groups"])
+    report = zero_shot.zero_shot_report(image_emb, class_emb, eval_set["label"], eval_set["groups"])
+    # Per image as well: the paired claims are judged per held-out object (study.paired_units).
+    report["top1_correct"] = zero_shot.top_k_correct(image_emb, class_emb, np.asarray(eval_set["label"]), (1,))[1]
+    return report
 
 
 def bound_encoders(encode_image_fn: Callable, encode_text_fn: Callable, params) -> tuple[Callable, Callable]:

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import restore_latest_state, train
+from robust_jax.core.checkpoint import restore_trained
+from robust_jax.core.train import Training
 from robust_jax.data import multiview
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.models import clip as clip_lib
@@ -135,7 +135,8 @@ def make_loss_fn(model: clip_lib.CLIP, caption_tokens_KxVxL: np.ndarray, drop_co
     caption_tokens = jnp.asarray(caption_tokens_KxVxL)
     mean, std = jnp.asarray(zero_shot.CLIP_MEAN), jnp.asarray(zero_shot.CLIP_STD)
 
-    def loss_fn(params, model_state, batch, key):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del step, constants
         caption_key, image_key = jax.random.split(key)
         token_ids_BxL = sample_caption_tokens(caption_tokens, batch["caption_index"], caption_key,
                                               drop_colour_probability)
@@ -175,40 +176,44 @@ def _init_fn(model: clip_lib.CLIP):
     return init_fn
 
 
-def pretrain(config: ml_collections.ConfigDict, base_dir: str, data: dict[str, np.ndarray], *,
-             mesh: Mesh | None = None) -> tuple[clip_lib.CLIP, dict, WordTokenizer]:
-    """Trains (or resumes, or finds finished) the from-scratch CLIP in `base_dir`: (model, variables, tokenizer)."""
-    category_names = [str(n) for n in data["category_names"]]
-    colour_names = [str(n) for n in data["colour_names"]]
-    tokenizer = build_tokenizer(config)
+def pretrain_training(config: ml_collections.ConfigDict, data: dict[str, np.ndarray] | None,
+                      tokenizer: WordTokenizer) -> Training:
+    """The from-scratch CLIP's training ("base", `BASE_SUBDIR`) on the training objects' canonical views, each with
+    its category-and-colour caption. `data` is needed only to train (its batches are made then)."""
+    model = build_model(config, tokenizer.vocab_size)
+    category_names, colour_names = multiview.category_names(), multiview.COLOUR_NAMES
+
+    def batches():
+        rows = training_rows(data)
+        caption_index = data["category"] * len(colour_names) + data["colour"]
+        arrays = {"image": data["image"][rows], "caption_index": caption_index[rows].astype(np.int32)}
+        return ArrayBatches(arrays, batch_size=config.pretrain_batch_size, seed=config.seed,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+
+    return Training(
+        name=BASE_SUBDIR,
+        init_fn=_init_fn(model),
+        loss_fn=make_loss_fn(model, captions_lib.caption_token_table(tokenizer, list(category_names),
+                                                                     list(colour_names)),
+                             config.drop_colour_probability, config.pretrain_max_shift),
+        optimizer=make_optimizer(config),
+        loop=loop_config(config, num_steps=config.pretrain_num_steps),
+        batches=batches,
+        desc="omniview pre-train",
+        model=model,
+    )
+
+
+def save_vocabulary(tokenizer: WordTokenizer, base_dir: str) -> None:
+    """The vocabulary beside the base's checkpoints, for notebooks and for runs that reuse this base."""
     if jax.process_index() == 0:
         os.makedirs(base_dir, exist_ok=True)
         tokenizer.save(os.path.join(base_dir, VOCAB_FILE))
-    rows = training_rows(data)
-    caption_index = data["category"] * len(colour_names) + data["colour"]
-    arrays = {"image": data["image"][rows], "caption_index": caption_index[rows].astype(np.int32)}
-    model = build_model(config, tokenizer.vocab_size)
-    batches = ArrayBatches(arrays, batch_size=config.pretrain_batch_size, seed=config.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count())
-    state = train(
-        workdir=base_dir,
-        init_fn=_init_fn(model),
-        loss_fn=make_loss_fn(model, captions_lib.caption_token_table(tokenizer, category_names, colour_names),
-                             config.drop_colour_probability, config.pretrain_max_shift),
-        optimizer=make_optimizer(config),
-        batches=batches,
-        loop=loop_config(config, num_steps=config.pretrain_num_steps),
-        mesh=mesh,
-        desc="omniview pre-train",
-    ).state
-    return model, state.params, tokenizer
 
 
-def restore_pretrained(config: ml_collections.ConfigDict, base_dir: str, *, mesh: Mesh | None = None
-                       ) -> tuple[clip_lib.CLIP, dict, WordTokenizer]:
-    """The CLIP that `pretrain` left in `base_dir` (latest checkpoint) with its tokenizer; `config` must hold the
-    pre-training's architecture and `pretrain_*` fields."""
+def load_pretrained(config: ml_collections.ConfigDict, base_dir: str) -> tuple[clip_lib.CLIP, dict, WordTokenizer]:
+    """The CLIP that another omniview run pre-trained in `base_dir` (its latest checkpoint's parameters) with its
+    tokenizer; `config` must hold the pre-training's architecture fields."""
     tokenizer = WordTokenizer.load(os.path.join(base_dir, VOCAB_FILE))
-    model = build_model(config, tokenizer.vocab_size)
-    state = restore_latest_state(base_dir, _init_fn(model), make_optimizer(config), seed=config.seed, mesh=mesh)
-    return model, state.params, tokenizer
+    _, params, _, _ = restore_trained(os.path.join(base_dir, "checkpoints"))
+    return build_model(config, tokenizer.vocab_size), params, tokenizer

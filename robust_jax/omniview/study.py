@@ -6,6 +6,10 @@ Stage 1 (`base_model.py`) makes the base CLIP once per workdir: trained from scr
 Stage 2 (`tuning.py`) tunes it once per variant in config.variants, each in <workdir>/tune_<variant>, with the
 minimax alternation: the max step once per epoch, the min step every batch, through `core.train`.
 
+results.json metrics hold, besides the accuracies, units (core/verdicts.py's contract): per held-out object and model
+(base and every variant), its top-1 accuracy on its viewpoint-OOD views ("viewpoint_ood_top1"), its canonical views
+("canonical_top1") and its corrupted canonical views ("corrupted_top1"), the units the paired claims are judged on.
+
 Writes to the workdir, besides what every run writes: zero_shot_top1.{md,csv,png} (the table), multiview_grid.png
 (the procedural objects and their views) and timings.json (wall time per stage of this process; timings stay out of
 results.json so that a resumed run's results equal an uninterrupted run's).
@@ -24,6 +28,7 @@ from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
+from robust_jax.core.train import drive, train
 from robust_jax.data import multiview
 from robust_jax.data import mvcap
 from robust_jax.models import clip as clip_lib
@@ -181,6 +186,48 @@ def _headline(top1: dict) -> dict:
     return out
 
 
+# The unit sets of the paired claims (core/verdicts.py's contract): evaluation group -> unit-set name.
+UNIT_SETS = {"viewpoint_ood": "viewpoint_ood_top1", "canonical": "canonical_top1", "corrupted": "corrupted_top1"}
+
+
+def paired_units(reports: dict, eval_set: dict) -> dict:
+    """{UNIT_SETS[group]: unit set}: per held-out object, the fraction of its images in the group (its
+    viewpoint-OOD views; its canonical views; its canonical views under every corruption) that each model (base and
+    every variant) names right at top-1. Every model sees the same images, so the models are paired per object."""
+    units = {}
+    for group, name in UNIT_SETS.items():
+        in_group = np.asarray(eval_set["groups"][group], bool)
+        objects = np.asarray(eval_set["object"])[in_group]
+        ids, per_image_object = np.unique(objects, return_inverse=True)
+        images_per_object = np.bincount(per_image_object, minlength=len(ids))
+        units[name] = {
+            "unit": "held-out object",
+            "ids": [str(i) for i in ids],
+            "values": {model: (np.bincount(per_image_object, weights=np.asarray(r["top1_correct"], float)[in_group],
+                                           minlength=len(ids)) / images_per_object).tolist()
+                       for model, r in reports.items()},
+        }
+    return units
+
+
+def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
+    """Stage 1, "base" (when base_source is 'pretrain'), then stage 2: one training per variant, "tune_<variant>"
+    (`tuning.VariantTraining`)."""
+    del workdir
+    if config.base_source == "pretrain":
+        tokenizer = pretrain.build_tokenizer(config)
+        pretrained = yield pretrain.pretrain_training(config, data, tokenizer)
+        base = base_model.Base(model=pretrain.build_model(config, tokenizer.vocab_size),
+                               variables=pretrained.state.params, tokenize=tokenizer)
+    else:
+        base = base_model.load_base(config)
+    tuning_set = _tuning_data(config, data, base)
+    for name in config.variants:
+        setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, config,
+                                     tuning_set.caption_tokens_KxVxL)
+        yield tuning.variant_training(setup, f"tune_{name}", base, tuning_set, config)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
     """Stage 1 (base, once per workdir), stage 2 (each variant, resuming), zero-shot evaluation of them all."""
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
@@ -198,9 +245,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
         os.makedirs(workdir, exist_ok=True)
         _save_grid(config, data, workdir)
     lap("data_s")
-    base = base_model.load_base(config, workdir, data, mesh=mesh)
-    lap("stage1_base_s")
-    tuning_set = _tuning_data(config, data, base)
+    if config.base_source == "pretrain":
+        pretrain.save_vocabulary(pretrain.build_tokenizer(config), os.path.join(workdir, pretrain.BASE_SUBDIR))
+
+    def fit(training):
+        if isinstance(training, tuning.VariantTraining):
+            result = tuning.tune(training, workdir, config, mesh=mesh)
+            lap(f"stage2_{training.name}_s")
+        else:
+            result = train(training, workdir, mesh=mesh)
+            lap("stage1_base_s")
+        return result
+
+    trained = drive(trainings(config, workdir, data), fit)
+    first = trained[f"tune_{config.variants[0]}"][0]  # every variant tunes the same base on the same set
+    base, tuning_set, epoch_steps = first.base, first.tuning_set, first.epoch_steps
     eval_set = evaluation.evaluation_set(data, config.seed)
     templates = TEMPLATE_SETS[config.prompt_templates]
 
@@ -214,16 +273,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
                                 base.variables)}
     lap("evaluate_base_s")
     trainable = {}
-    epoch_steps = tuning.steps_per_epoch(tuning_set.num_multiview_rows, config)
     for name in config.variants:
-        setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, config,
-                                     tuning_set.caption_tokens_KxVxL)
-        batches = tuning.mixed_batches(tuning_set.multiview, tuning_set.image_text, config)
-        params = tuning.tune(setup, os.path.join(workdir, f"tune_{name}"), batches, tuning_set.multiview["image"],
-                             tuning_set.object_ids, config, epoch_steps=epoch_steps, mesh=mesh)
-        lap(f"stage2_tune_{name}_s")
+        training, result = trained[f"tune_{name}"]
+        params = result.state.params
         trainable[name] = _num_trainable(params)
-        reports[name] = evaluate(setup.tuned.encode_image, setup.tuned.encode_text, tuning.with_base(setup, params))
+        reports[name] = evaluate(training.setup.tuned.encode_image, training.setup.tuned.encode_text,
+                                 tuning.with_base(training.setup, params))
         lap(f"evaluate_{name}_s")
 
     top1 = {name: r["zero_shot_top1"] for name, r in reports.items()}
@@ -244,23 +299,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
                    "objects": len(set(np.asarray(tuning_set.object_ids).tolist())),
                    "steps_per_epoch": epoch_steps, "steps": config.num_steps},
         "splits": multiview.split_summary(data),
+        "units": paired_units(reports, eval_set),
     }
     return {"metrics": metrics}
-
-
-def restore(config: ml_collections.ConfigDict, workdir: str):
-    """({'base': CLIP, <variant>: TunedCLIP}, {'base': variables, <variant>: trainable tree + {'clip': base}}, metrics.jsonl of the main
-    training: the OVT tuning if it ran, else the first variant's, else the pre-training's). Variants that have no
-    checkpoint yet are left out."""
-    base = base_model.load_base(config, workdir, None, train=False)
-    models, params = {"base": base.model}, {"base": base.variables}
-    for name in config.variants:
-        run_dir = os.path.join(workdir, f"tune_{name}")
-        if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
-            continue
-        setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, config, None)
-        models[name] = setup.tuned
-        params[name] = tuning.with_base(setup, tuning.restore_variant(setup, run_dir, config))
-    main = "ovt" if "ovt" in models else next((name for name in config.variants if name in models), None)
-    history = os.path.join(workdir, f"tune_{main}" if main else pretrain.BASE_SUBDIR, "metrics.jsonl")
-    return models, params, history

@@ -48,7 +48,7 @@ from safetensors.numpy import load_file, save_file
 
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import initial_state, restore_latest_state, train
+from robust_jax.core.train import TrainResult, Training, initial_state, restore, train
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.data.mvcap import group_views
 from robust_jax.models import clip as clip_lib
@@ -174,7 +174,8 @@ def make_loss_fn(tuned: TunedCLIP, variant: Variant, config: ml_collections.Conf
     aligned = variant.alignment != NO_ALIGNMENT
     lam, margin = config.vi_weight, config.margin
 
-    def loss_fn(params, model_state, batch, key, constants):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del step
         augment_key, caption_key = jax.random.split(key)
         example_keys_B = jax.vmap(lambda i: jax.random.fold_in(augment_key, i))(batch["example_id"])
         images = batch["image"].astype(jnp.float32)
@@ -344,40 +345,65 @@ def with_base(setup: TuningSetup, trainable) -> dict:
     return {**trainable, "clip": setup.base_variables}
 
 
-def restore_variant(setup: TuningSetup, run_dir: str, config: ml_collections.ConfigDict, mesh: Mesh | None = None):
-    """The variant's latest trainable tree."""
-    return restore_latest_state(run_dir, setup.init_fn, setup.optimizer, seed=config.seed, mesh=mesh).params
+@dataclasses.dataclass(frozen=True)
+class VariantTraining(Training):
+    """A variant's tuning: a `Training` whose constants (the max step's hard views and centres) are recomputed at
+    every epoch from the parameters of the epoch's start (`tune`). setup: the variant's model and functions; base:
+    the base CLIP it tunes (`base_model.Base`); tuning_set: its data (`tuning_data.TuningData`), whose multi-view
+    rows the max step embeds; epoch_steps: steps per epoch."""
+
+    setup: TuningSetup | None = None
+    base: Any = None
+    tuning_set: Any = None
+    epoch_steps: int = 1
 
 
-def tune(setup: TuningSetup, run_dir: str, batches: MixedBatches, multiview_images, object_ids,
-         config: ml_collections.ConfigDict, *, epoch_steps: int, mesh: Mesh | None = None):
-    """Trains (or resumes) one variant in `run_dir` to config.num_steps; returns its final trainable tree."""
+def variant_training(setup: TuningSetup, name: str, base, tuning_set, config: ml_collections.ConfigDict
+                     ) -> VariantTraining:
+    """The variant's training in `<workdir>/<name>` to config.num_steps on `tuning_set` (`tuning_data.TuningData`);
+    `load_run` gives its TunedCLIP with the trainable tree plus the base's variables."""
+    return VariantTraining(
+        name=name, init_fn=setup.init_fn, loss_fn=setup.loss_fn, optimizer=setup.optimizer,
+        loop=loop_config(config),
+        batches=lambda: mixed_batches(tuning_set.multiview, tuning_set.image_text, config),
+        constants={"clip": setup.base_variables}, keys=tuple(jax.random.split(jax.random.key(config.seed))),
+        desc=f"tune {setup.variant.name}", model=setup.tuned,
+        variables=lambda params, model_state: with_base(setup, params), setup=setup, base=base,
+        tuning_set=tuning_set, epoch_steps=steps_per_epoch(tuning_set.num_multiview_rows, config))
+
+
+def tune(training: VariantTraining, workdir: str, config: ml_collections.ConfigDict, *,
+         mesh: Mesh | None = None) -> TrainResult:
+    """Trains (or resumes) one variant in `workdir/<training.name>`, epoch by epoch: at each epoch's start the max
+    step picks its targets from the current parameters (saved, so a resumed epoch reuses them), then the epoch's
+    steps train with them as constants."""
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    setup, run_dir, epoch_steps = training.setup, os.path.join(workdir, training.name), training.epoch_steps
+    init_key, _ = training.keys
     num_epochs = math.ceil(config.num_steps / epoch_steps)
     latest = _latest_step(run_dir)
-    params = None
+    result = None
     for epoch in range(num_epochs):
         start, end = epoch * epoch_steps, min((epoch + 1) * epoch_steps, config.num_steps)
         if latest >= end:
             continue
-        constants = {"clip": setup.base_variables}
+        constants = dict(training.constants)
         if setup.variant.alignment != NO_ALIGNMENT:
             path = os.path.join(run_dir, "alignment", f"epoch_{epoch:04d}.safetensors")
             if os.path.exists(path):
                 targets = load_file(path)
             else:
-                if params is None:  # nothing trained in this process yet: the parameters at the epoch's start
-                    params = (initial_state(setup.init_fn, setup.optimizer, init_key, mesh)[0].params if start == 0
-                              else restore_variant(setup, run_dir, config, mesh))
-                targets = epoch_targets(setup.variant, setup.embed_fn, with_base(setup, params), multiview_images,
-                                        object_ids, epoch=epoch, config=config, mesh=mesh)
+                # The parameters at the epoch's start: those just trained, else initial or the checkpoint's.
+                params = (result.state.params if result is not None
+                          else initial_state(setup.init_fn, setup.optimizer, init_key, mesh)[0].params if start == 0
+                          else restore(training, workdir).state.params)
+                targets = epoch_targets(setup.variant, setup.embed_fn, with_base(setup, params),
+                                        training.tuning_set.multiview["image"], training.tuning_set.object_ids,
+                                        epoch=epoch, config=config, mesh=mesh)
                 _save_targets(path, targets)
             constants.update(targets)
-        result = train(workdir=run_dir, init_fn=setup.init_fn, loss_fn=setup.loss_fn, optimizer=setup.optimizer,
-                       batches=batches, loop=loop_config(config, num_steps=end), mesh=mesh,
-                       desc=f"tune {setup.variant.name} epoch {epoch + 1}/{num_epochs}", constants=constants,
-                       keys=(init_key, train_key))
-        params = result.state.params
+        result = train(dataclasses.replace(training, loop=loop_config(config, num_steps=end), constants=constants,
+                                           desc=f"tune {setup.variant.name} epoch {epoch + 1}/{num_epochs}"),
+                       workdir, mesh=mesh)
         latest = end
-    return params if params is not None else restore_variant(setup, run_dir, config, mesh)
+    return result if result is not None else restore(training, workdir)

@@ -1,17 +1,23 @@
 """Neural SDE / CDE classifiers of irregular series (Oh, Lim & Kim 2024): LSDE, LNSDE, GSDE, naive SDE, neural CDE.
 
-All five read a control path X (cubic Hermite, `robust_jax.data.timeseries.hermite_coefficients`) and evolve a latent
-z from z0 = Linear(X(t0)); a head Linear -> BatchNorm -> ReLU -> Dropout(0.1) -> Linear classifies z at the final
-time. With x_t = Linear(X(t)) and tf(t) the time features ([sin t, cos t] by default):
+All of them evolve a latent z from z0 = Linear(X(t0)), where X is the control path (cubic Hermite,
+`robust_jax.data.timeseries.hermite_coefficients`); the readout Tanh -> Linear -> ReLU -> Linear (the reference's, on
+the SDEs; one Linear on the neural CDE; `readout='none'` drops it) and a head Linear -> BatchNorm -> ReLU ->
+Dropout(0.1) -> Linear classify z at the final time. With x_t = Linear(X(t)) and tf(t) the time features
+([sin t, cos t] by default):
 
-  lsde       dz = γ(z, x_t) dt + σ(t) dW
-  lnsde      dz = γ(t, z, x_t) dt + σ(t) z dW
-  gsde       dz = z γ(t, z, x_t) dt + σ(t) z dW        (positive paths from z0 > 0)
-  naive_sde  dz = γ(t, z, x_t) dt + g(t, z) dW
-  ncde       dz = f(z) dX(t)
+  lsde                  dz = γ(z, x_t) dt + σ(t) dW
+  lnsde                 dz = γ(t, z, x_t) dt + σ(t) z dW
+  gsde                  dz = z γ(t, z, x_t) dt + σ(t) z dW        (positive paths from z0 > 0)
+  naive_sde             dz = γ₀(t, z) dt + g(t, z) dW             (X enters through z0 only)
+  naive_sde_controlled  dz = γ(t, z, x_t) dt + g(t, z) dW         (an ablation: the naive SDE reading X(t))
+  ncde                  dz = f(z) dX(t)
 
 γ: concat(Linear(tf(t), z), x_t) -> Linear -> act -> (L-1) x [Linear, act] -> Linear -> tanh (the reference's net);
-σ(t) = ReLU(MLP(tf(t))); g(t, z) = ReLU(MLP(tf(t), z)).
+γ₀: Linear(tf(t), z) -> act -> (L-1) x [Linear, act] -> Linear -> tanh; σ(t) = ReLU(MLP(tf(t))); g(t, z) =
+ReLU(MLP(tf(t), z)). In the reference's naming (yongkyung-oh/Stable-Neural-SDEs, torch-ists): lsde = neuralsde_2_16,
+lnsde = neuralsde_4_17, gsde = neuralsde_6_17, naive_sde = neuralsde_3_18 (its README's "neural SDE"), and
+naive_sde_controlled = neuralsde_4_18.
 
 The reference's engineering stabilisers are on by default and are options: sin/cos time features
 (`time_features`), the diffusion clip tanh(sigmoid(θ) · g) with a learnable θ = 1 (`clip_diffusion`), and the GSDE
@@ -42,7 +48,9 @@ import jax.numpy as jnp
 from robust_jax.data.timeseries import hermite_evaluate
 from robust_jax.sde import solvers
 
-MODELS = ("lsde", "lnsde", "gsde", "naive_sde", "ncde")
+MODELS = ("lsde", "lnsde", "gsde", "naive_sde", "naive_sde_controlled", "ncde")
+NAIVE_MODELS = ("naive_sde", "naive_sde_controlled")  # diffusion g(t, z)
+READOUTS = ("reference", "none")
 SOLVERS = ("euler", "diffrax_euler", "diffrax_milstein")
 GSDE_GATES = ("tanh", "one_minus_sigmoid")
 HEAD_INITS = ("default", "xavier")
@@ -102,11 +110,13 @@ class Drift(nn.Module):
     @nn.compact
     def __call__(self, t, z, x):
         act = jax.nn.relu if self.activation == "relu" else lipswish
-        control = nn.Dense(self.hidden_dim, name="control")(x)
         state = z if self.model == "lsde" else jnp.concatenate([time_features(t, self.time_kind, z.shape[:-1]), z], -1)
         state = nn.Dense(self.hidden_hidden_dim, name="state")(state)
-        h = nn.Dense(self.hidden_hidden_dim, name="embed")(jnp.concatenate([state, control], -1))
-        h = act(h)
+        if self.model == "naive_sde":
+            h = act(state)  # the naive SDE's drift never reads the control path
+        else:
+            control = nn.Dense(self.hidden_dim, name="control")(x)
+            h = act(nn.Dense(self.hidden_hidden_dim, name="embed")(jnp.concatenate([state, control], -1)))
         for i in range(self.num_hidden_layers - 1):
             h = act(nn.Dense(self.hidden_hidden_dim, name=f"hidden_{i}")(h))
         h = nn.Dense(self.hidden_dim, name="out")(h)
@@ -132,7 +142,7 @@ class Diffusion(nn.Module):
     def __call__(self, t, z):
         feats = time_features(t, self.time_kind, z.shape[:-1])
         final_relu = self.activation == "relu"  # the reference's ReLU(MLP(.)); the theory variant keeps the MLP raw
-        if self.model == "naive_sde":
+        if self.model in NAIVE_MODELS:
             g = MLP((self.hidden_dim, self.hidden_dim), self.activation, final_relu, name="sigma")(
                 jnp.concatenate([feats, z], -1)
             )
@@ -159,6 +169,21 @@ class CDEField(nn.Module):
         widths = (self.hidden_hidden_dim,) * self.num_hidden_layers + (self.hidden_dim * num_channels,)
         h = MLP(widths, self.activation)(z)
         return jnp.tanh(h).reshape(z.shape[:-1] + (self.hidden_dim, num_channels))
+
+
+class Readout(nn.Module):
+    """The reference's map of the final z before the head: Tanh -> Linear -> ReLU -> Linear on the SDEs' z, one
+    Linear on the neural CDE's (as torch-ists' NeuralSDE and NeuralCDE have them)."""
+
+    hidden_dim: int
+    model: str
+
+    @nn.compact
+    def __call__(self, z):
+        if self.model == "ncde":
+            return nn.Dense(self.hidden_dim, name="out")(z)
+        h = jax.nn.relu(nn.Dense(self.hidden_dim, name="hidden")(jnp.tanh(z)))
+        return nn.Dense(self.hidden_dim, name="out")(h)
 
 
 class Head(nn.Module):
@@ -204,6 +229,7 @@ class SDEClassifier(nn.Module):
     solver: str = "euler"
     dropout_rate: float = 0.1
     head_init: str = "default"  # 'default' (Flax's) | 'xavier' (the reference's; see Head)
+    readout: str = "reference"  # 'reference' (see Readout) | 'none' (the head reads z itself)
 
     def setup(self):
         check_model_name(self.model)
@@ -213,6 +239,8 @@ class SDEClassifier(nn.Module):
             raise ValueError(f"gsde_gate={self.gsde_gate!r} must be one of {', '.join(GSDE_GATES)}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"head_init={self.head_init!r} must be one of {', '.join(HEAD_INITS)}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout={self.readout!r} must be one of {', '.join(READOUTS)}")
         kind = self.time_features
         if kind not in ("sincos", "linear"):
             raise ValueError(f"time_features={kind!r} must be 'sincos' or 'linear'")
@@ -233,6 +261,8 @@ class SDEClassifier(nn.Module):
                 self.gsde_gate,
             )
             self.noise = Diffusion(self.model, self.hidden_dim, kind, activation, clip)
+        if self.readout == "reference":
+            self.readout_net = Readout(self.hidden_dim, self.model)
         self.head = Head(self.hidden_dim, self.num_classes, self.dropout_rate, self.head_init)
 
     def initial_state(self, x0: jax.Array) -> jax.Array:
@@ -305,4 +335,6 @@ class SDEClassifier(nn.Module):
 
     def __call__(self, ts, coeffs, key, *, train: bool = False):
         z_final = self.latent(ts, coeffs, key)
+        if self.readout == "reference":
+            z_final = self.readout_net(z_final)
         return self.head(z_final, train=train)

@@ -39,8 +39,8 @@ from jax.sharding import Mesh
 
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.evaluate import padded_batches
-from robust_jax.core.train import Evaluation, TrainLoopConfig, TrainState, restore_latest_state, train
-from robust_jax.data.array_batches import ArrayBatches
+from robust_jax.core.train import Evaluation, TrainLoopConfig, Training, TrainState, flax_variables, train
+from robust_jax.data.array_batches import ArrayBatches, MemberBatches
 from robust_jax.data.timeseries import TimeSeriesData
 from robust_jax.sde.models import LAST_LAYER, SDEClassifier
 
@@ -65,6 +65,8 @@ class Protocol:
     # The reference's optimizer options (off by default: the study's results so far were measured without them).
     weight_decay_scale: float = 0.0  # L2 weight decay = scale x learning_rate, added to the gradient (0.01: reference)
     last_layer_grad_scale: float = 1.0  # the head's last Linear gets this x its gradient (100: reference)
+    selection: str = "valid_loss"  # the epoch reported and early stopping: lowest validation loss (the reference's)
+                                   # or "valid_accuracy" (highest, ties broken by the lower loss)
 
 
 def reference_batch_size(num_train: int) -> int:
@@ -114,8 +116,13 @@ class CellFunctions:
 
     optimizer: optax.GradientTransformation
     init_fn: Callable  # key -> (params, model_state)
-    loss_fn: Callable  # core loss: (params, model_state, batch, key, constants) -> (loss, (metrics, model_state))
+    loss_fn: Callable  # core loss: (params, model_state, batch, key, step, constants) -> (loss, (metrics, ...))
     eval_sums: Callable  # (params, model_state, batch, times, eval_key) -> {"correct", "loss"} summed over the mask
+    # The same for M cells trained as one program (`member_training`): a leading member axis on the parameters,
+    # model state and keys, batches (B, M, ...).
+    member_init_fn: Callable
+    member_loss_fn: Callable
+    member_eval_sums: Callable
 
 
 @functools.lru_cache(maxsize=32)
@@ -138,7 +145,8 @@ def cell_functions(model: SDEClassifier, learning_rate: float, steps_per_epoch: 
         variables = model.init(key, times, coeffs, key)
         return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
-    def loss_fn(params, model_state, batch, key, constants):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del step
         brownian_key, dropout_key = jax.random.split(key)
         logits, updates = model.apply(
             {"params": params, **model_state}, constants["times"], _coeffs(batch),
@@ -156,7 +164,24 @@ def cell_functions(model: SDEClassifier, learning_rate: float, steps_per_epoch: 
         mask = batch["mask"]
         return {"correct": jnp.sum(jnp.where(mask, correct, 0.0)), "loss": jnp.sum(jnp.where(mask, loss, 0.0))}
 
-    return CellFunctions(optimizer=optimizer, init_fn=init_fn, loss_fn=loss_fn, eval_sums=jax.jit(eval_sums))
+    def members_first(batch):
+        """(B, M, ...) -> (M, B, ...); the padding mask (B,) is every member's."""
+        moved = {name: jnp.moveaxis(value, 1, 0) for name, value in batch.items() if name != "mask"}
+        if "mask" in batch:
+            moved["mask"] = jnp.broadcast_to(batch["mask"], (moved["label"].shape[0], *batch["mask"].shape))
+        return moved
+
+    def member_loss_fn(params, model_state, batch, keys, step, constants):
+        return jax.vmap(loss_fn, in_axes=(0, 0, 0, 0, None, None))(params, model_state, members_first(batch), keys,
+                                                                     step, constants)
+
+    def member_eval_sums(params, model_state, batch, times, eval_keys):
+        return jax.vmap(eval_sums, in_axes=(0, 0, 0, None, 0))(params, model_state, members_first(batch), times,
+                                                              eval_keys)
+
+    return CellFunctions(optimizer=optimizer, init_fn=init_fn, loss_fn=loss_fn, eval_sums=jax.jit(eval_sums),
+                         member_init_fn=jax.vmap(init_fn), member_loss_fn=member_loss_fn,
+                         member_eval_sums=jax.jit(member_eval_sums))
 
 
 COEFF_NAMES = ("coeff_d", "coeff_c", "coeff_b", "coeff_a")
@@ -175,34 +200,53 @@ def _split_arrays(data: TimeSeriesData, split: str) -> dict:
 
 
 def evaluate_split(fns: CellFunctions, state: TrainState, arrays: dict, times, eval_key, batch_size: int,
-                   mesh: Mesh) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over one split; fixed padded batches so the function compiles once."""
+                   mesh: Mesh, *, members: bool = False):
+    """(accuracy, mean cross-entropy) over one split; fixed padded batches so the function compiles once. With
+    members, the arrays are (N, M, ...), the state and eval keys have a leading member axis, and both figures are
+    (M,) arrays."""
     size = len(arrays["label"])
+    sums_fn = fns.member_eval_sums if members else fns.eval_sums
     correct = loss = 0.0
     for batch in padded_batches(arrays, batch_size=batch_size, mesh=mesh):
-        sums = jax.device_get(fns.eval_sums(state.params, state.model_state, batch, times, eval_key))
-        correct += float(sums["correct"])
-        loss += float(sums["loss"])
-    return correct / size, loss / size
+        sums = jax.device_get(sums_fn(state.params, state.model_state, batch, times, eval_key))
+        correct = correct + np.asarray(sums["correct"], np.float64)
+        loss = loss + np.asarray(sums["loss"], np.float64)
+    if members:
+        return correct / size, loss / size
+    return float(correct) / size, float(loss) / size
+
+
+SELECTIONS = ("valid_loss", "valid_accuracy")
+
+
+def lower_validation_loss(new: dict, best: dict) -> bool:
+    """A strictly lower finite validation loss (the reference's rule: the earliest epoch wins a tie); any finite loss
+    beats a non-finite best."""
+    return math.isfinite(new["valid_loss"]) and not new["valid_loss"] >= best["valid_loss"]
 
 
 def better_validation(new: dict, best: dict) -> bool:
     """Higher validation accuracy; at equal accuracy, a lower (finite) validation loss."""
     if new["valid_accuracy"] != best["valid_accuracy"]:
         return new["valid_accuracy"] > best["valid_accuracy"]
-    return math.isfinite(new["valid_loss"]) and not new["valid_loss"] >= best["valid_loss"]
+    return lower_validation_loss(new, best)
 
 
-def cell_setup(model: SDEClassifier, data: TimeSeriesData, protocol: Protocol, devices: int) -> tuple:
+def selection_rule(selection: str):
+    """The `Evaluation.better` of a protocol's selection ("valid_loss" or "valid_accuracy")."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r} is not allowed: must be one of {', '.join(SELECTIONS)}")
+    return lower_validation_loss if selection == "valid_loss" else better_validation
+
+
+def cell_setup(model: SDEClassifier, data: TimeSeriesData, protocol: Protocol) -> tuple:
     """(batch size, steps per epoch, CellFunctions) of a cell: the reference's batch rule and the cached functions."""
     train_arrays = _split_arrays(data, "train")
     num_train = len(train_arrays["label"])
     batch_size = protocol.batch_size or reference_batch_size(num_train)
-    if batch_size > num_train or batch_size % devices:
-        raise ValueError(
-            f"batch_size={batch_size} for {data.name} must be at most its {num_train} training series and divisible "
-            f"by the device count ({devices}); set config.batch_size to such a value"
-        )
+    if batch_size > num_train:
+        raise ValueError(f"batch_size={batch_size} for {data.name} must be at most its {num_train} training series; "
+                         "set config.batch_size to such a value")
     steps_per_epoch = num_train // batch_size  # a final partial batch is dropped (ArrayBatches)
     coeff_shapes = tuple((batch_size, *train_arrays[name].shape[1:]) for name in COEFF_NAMES)
     fns = cell_functions(model, protocol.learning_rate, steps_per_epoch, protocol.lr_step_epochs, protocol.lr_decay,
@@ -211,68 +255,141 @@ def cell_setup(model: SDEClassifier, data: TimeSeriesData, protocol: Protocol, d
     return batch_size, steps_per_epoch, fns
 
 
-def restore_cell(workdir: str, model: SDEClassifier, data: TimeSeriesData, protocol: Protocol):
-    """Variables of a cell's latest checkpoint, {"params": ..., **model_state}, for `model.apply`."""
-    _, _, fns = cell_setup(model, data, protocol, devices=1)
-    state = restore_latest_state(workdir, fns.init_fn, fns.optimizer)
-    return {"params": state.params, **state.model_state}
+def cell_training(name: str, model: SDEClassifier, data: TimeSeriesData, protocol: Protocol, seed: int,
+                  desc: str | None = None) -> Training:
+    """One cell's training (`core.train.Training`, in the study's workdir at `name`): the reference protocol, each
+    epoch an `Evaluation` on the validation and test splits, early stopping on it, a diverging loss ending the
+    cell."""
+    batch_size, steps_per_epoch, fns = cell_setup(model, data, protocol)
+    train_arrays = _split_arrays(data, "train")
+    valid_arrays, test_arrays = _split_arrays(data, "valid"), _split_arrays(data, "test")
+    times = jnp.asarray(data.times)
+    init_key, train_key, eval_key = jax.random.split(jax.random.key(seed), 3)
+    evaluate_epoch = _epoch_evaluation(fns, valid_arrays, test_arrays, times, eval_key, protocol)
+    return _protocol_training(name, model, protocol, steps_per_epoch, fns.init_fn, fns.loss_fn, fns.optimizer,
+                              lambda: ArrayBatches(train_arrays, batch_size=batch_size, seed=seed,
+                                                   process_index=jax.process_index(),
+                                                   process_count=jax.process_count()),
+                              evaluate_epoch, times, (init_key, train_key), desc)
 
 
-def train_cell(
-    workdir: str,
-    model: SDEClassifier,
-    data: TimeSeriesData,
-    protocol: Protocol,
-    seed: int,
-    *,
-    mesh: Mesh | None = None,
-    desc: str = "cell",
-) -> dict:
-    """Trains one cell (or resumes it from `workdir`), returns its record:
-    {"test_accuracy" (at the best validation epoch), "best_epoch", "best_valid_accuracy", "epochs_run",
-     "diverged_at_epoch" (None unless the loss became non-finite), "batch_size"}."""
-    result_path = os.path.join(workdir, RESULT_FILE)
+def _epoch_evaluation(fns: CellFunctions, valid_arrays: dict, test_arrays: dict, times, eval_key, protocol: Protocol,
+                      members: bool = False):
+    """The evaluation at the end of each epoch: validation accuracy and loss, test accuracy (per member with
+    members), in padded batches no larger than the larger split (rounded up to the device count)."""
+    largest_split = max(len(valid_arrays["label"]), len(test_arrays["label"]))
+
+    def evaluate_epoch(state, mesh) -> dict:
+        devices = mesh.shape[mesh_lib.DATA_AXIS]
+        batch = min(protocol.eval_batch_size, -(-largest_split // devices) * devices)
+        valid_accuracy, valid_loss = evaluate_split(fns, state, valid_arrays, times, eval_key, batch, mesh,
+                                                    members=members)
+        test_accuracy, _ = evaluate_split(fns, state, test_arrays, times, eval_key, batch, mesh, members=members)
+        return {"valid_accuracy": valid_accuracy, "valid_loss": valid_loss, "test_accuracy": test_accuracy}
+
+    return evaluate_epoch
+
+
+def _protocol_training(name, model, protocol: Protocol, steps_per_epoch: int, init_fn, loss_fn, optimizer, batches,
+                       evaluate_epoch, times, keys, desc, members: int = 0) -> Training:
+    """The reference protocol as a `Training`: epochs of steps_per_epoch steps, each ended by an `Evaluation` that
+    selects the reported epoch and stops early, a diverging loss ending the cell (or member)."""
+    return Training(
+        name=name, init_fn=init_fn, loss_fn=loss_fn, optimizer=optimizer,
+        loop=TrainLoopConfig(num_steps=protocol.epochs * steps_per_epoch,
+                             log_every=protocol.log_every_epochs * steps_per_epoch,
+                             checkpoint_every=protocol.checkpoint_every_epochs * steps_per_epoch,
+                             keep_checkpoints=protocol.keep_checkpoints, fsdp_min_size=protocol.fsdp_min_size,
+                             micro_batch_size=0 if members else protocol.micro_batch_size),
+        batches=batches,
+        evaluation=Evaluation(every=steps_per_epoch, fn=evaluate_epoch, better=selection_rule(protocol.selection),
+                              patience=protocol.patience, start=protocol.early_stopping_start),
+        constants={"times": times}, keys=keys, on_non_finite="stop", desc=desc or name, model=model, variables=flax_variables, members=members)
+
+
+def train_cell(training: Training, workdir: str, *, mesh: Mesh | None = None) -> dict:
+    """Trains one cell (or resumes it) in `workdir/<training.name>`, returns its record:
+    {"test_accuracy" (at the selected epoch), "best_epoch", "best_valid_accuracy", "best_valid_loss", "epochs_run",
+     "diverged_at_epoch" (None unless the loss became non-finite), "batch_size"}. A finished cell's record is read
+    back."""
+    return _train_and_record(training, workdir, mesh)
+
+
+def member_training(name: str, model: SDEClassifier, datas: list[TimeSeriesData], protocol: Protocol,
+                    seeds: list[int], desc: str | None = None) -> Training:
+    """The cells of one model on same-shaped data (the missing rates and seeds of one dataset), trained as one
+    program: `core.train.Training` with `members` (every cell's parameters stacked, the step `jax.vmap`-ed over them).
+    Member m is the cell of datas[m] with seed seeds[m]: the same keys, data order, Brownian motions, evaluation and
+    early stopping as `cell_training` gives that cell alone, so its results are the same up to float rounding."""
+    if len(datas) != len(seeds) or not datas:
+        raise ValueError(f"member_training needs one seed per data set, got {len(datas)} data sets, {len(seeds)} seeds")
+    batch_size, steps_per_epoch, fns = cell_setup(model, datas[0], protocol)
+    splits = {split: [_split_arrays(data, split) for data in datas] for split in ("train", "valid", "test")}
+    for split, arrays in splits.items():
+        shapes = {tuple((key, value.shape) for key, value in sorted(member.items())) for member in arrays}
+        if len(shapes) != 1 or np.shape(datas[0].times) != np.shape(datas[-1].times):
+            raise ValueError(f"member_training {name!r}: the cells' {split} splits differ in shape; members must share "
+                             "their shapes (one dataset's missing rates and seeds do)")
+    stacked = {split: {key: np.stack([member[key] for member in arrays], axis=1) for key in arrays[0]}
+               for split, arrays in splits.items() if split != "train"}
+    times = jnp.asarray(datas[0].times)
+    keys = np.stack([jax.random.key_data(jax.random.split(jax.random.key(seed), 3)) for seed in seeds], axis=1)
+    init_keys, train_keys, eval_keys = (jax.random.wrap_key_data(k) for k in keys)
+    evaluate_epoch = _epoch_evaluation(fns, stacked["valid"], stacked["test"], times, eval_keys, protocol,
+                                       members=True)
+    return _protocol_training(
+        name, model, protocol, steps_per_epoch, fns.member_init_fn, fns.member_loss_fn, fns.optimizer,
+        lambda: MemberBatches([ArrayBatches(arrays, batch_size=batch_size, seed=seed, process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+                               for arrays, seed in zip(splits["train"], seeds)]),
+        evaluate_epoch, times, (init_keys, train_keys), desc, members=len(seeds))
+
+
+def train_members(training: Training, workdir: str, *, mesh: Mesh | None = None) -> list[dict]:
+    """Trains (or resumes) a `member_training` in `workdir/<training.name>`; returns one record per member, as
+    `train_cell` gives for a cell. A finished training's records are read back."""
+    return _train_and_record(training, workdir, mesh)
+
+
+def _train_and_record(training: Training, workdir: str, mesh: Mesh | None):
+    """`train`, then the cells' records (a list for a member training, one record for a cell), written to
+    RESULT_FILE beside the checkpoints; a finished training's records are read back instead."""
+    result_path = os.path.join(workdir, training.name, RESULT_FILE)
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     devices = mesh.shape[mesh_lib.DATA_AXIS]
-    batch_size, steps_per_epoch, fns = cell_setup(model, data, protocol, devices)
-    train_arrays = _split_arrays(data, "train")
-    eval_batch = min(protocol.eval_batch_size, -(-max(len(data.splits["valid"]), len(data.splits["test"])) // devices)
-                     * devices)
-    valid_arrays, test_arrays = _split_arrays(data, "valid"), _split_arrays(data, "test")
-    times = jnp.asarray(data.times)
-    init_key, train_key, eval_key = jax.random.split(jax.random.key(seed), 3)
-
-    def evaluate_epoch(state) -> dict:
-        valid_accuracy, valid_loss = evaluate_split(fns, state, valid_arrays, times, eval_key, eval_batch, mesh)
-        test_accuracy, _ = evaluate_split(fns, state, test_arrays, times, eval_key, eval_batch, mesh)
-        return {"valid_accuracy": valid_accuracy, "valid_loss": valid_loss, "test_accuracy": test_accuracy}
-
-    batches = ArrayBatches(train_arrays, batch_size=batch_size, seed=seed, process_index=jax.process_index(),
-                           process_count=jax.process_count())
-    trained = train(
-        workdir=workdir, init_fn=fns.init_fn, loss_fn=fns.loss_fn, optimizer=fns.optimizer, batches=batches,
-        loop=TrainLoopConfig(num_steps=protocol.epochs * steps_per_epoch,
-                             log_every=protocol.log_every_epochs * steps_per_epoch,
-                             checkpoint_every=protocol.checkpoint_every_epochs * steps_per_epoch,
-                             keep_checkpoints=protocol.keep_checkpoints, fsdp_min_size=protocol.fsdp_min_size,
-                             micro_batch_size=protocol.micro_batch_size),
-        mesh=mesh, desc=desc, constants={"times": times}, keys=(init_key, train_key), on_non_finite="stop",
-        evaluation=Evaluation(every=steps_per_epoch, fn=evaluate_epoch, better=better_validation,
-                              patience=protocol.patience, start=protocol.early_stopping_start),
-    )
-    best = trained.best or {"step": None, "metrics": {"test_accuracy": None, "valid_accuracy": None}}
-    diverged = trained.diverged_at_step
-    result = {
-        "test_accuracy": best["metrics"]["test_accuracy"],
-        "best_epoch": None if best["step"] is None else best["step"] // steps_per_epoch,
-        "best_valid_accuracy": best["metrics"]["valid_accuracy"],
-        "epochs_run": trained.evaluations if diverged is None else diverged // steps_per_epoch + 1,
-        "diverged_at_epoch": None if diverged is None else diverged // steps_per_epoch + 1,
-        "batch_size": batch_size,
-    }
+    batch_size = training.batches().batch_size
+    if batch_size % devices:
+        raise ValueError(f"the batch size {batch_size} of {training.name} must be divisible by the device count "
+                         f"({devices}); set config.batch_size to such a value")
+    trained = train(training, workdir, mesh=mesh)
+    steps_per_epoch = training.evaluation.every
+    as_list = (lambda value: value) if training.members else (lambda value: [value])
+    bests, stops, divergences = as_list(trained.best), as_list(trained.stopped_at_step), as_list(trained.diverged_at_step)
+    final = None
+    if any(best is None for best in bests):
+        # A cell that diverged before its first evaluation is scored as it stands: non-finite logits predict the
+        # first class, as the reference's zeroed NaN logits do.
+        final = {name: np.asarray(value).reshape(len(bests))
+                 for name, value in training.evaluation.fn(trained.state, mesh).items()}
+    records = []
+    for member, (best, stopped, diverged) in enumerate(zip(bests, stops, divergences)):
+        if best is None:
+            best = {"step": None, "metrics": {"test_accuracy": float(final["test_accuracy"][member]),
+                                              "valid_accuracy": None, "valid_loss": None}}
+        epochs_run = trained.evaluations if stopped is None else stopped // steps_per_epoch
+        records.append({
+            "test_accuracy": best["metrics"]["test_accuracy"],
+            "best_epoch": None if best["step"] is None else best["step"] // steps_per_epoch,
+            "best_valid_accuracy": best["metrics"]["valid_accuracy"],
+            "best_valid_loss": best["metrics"]["valid_loss"],
+            "epochs_run": epochs_run if diverged is None else diverged // steps_per_epoch + 1,
+            "diverged_at_epoch": None if diverged is None else diverged // steps_per_epoch + 1,
+            "batch_size": batch_size,
+        })
+    result = records if training.members else records[0]
     if jax.process_index() == 0:
         tmp = result_path + ".tmp"
         with open(tmp, "w") as f:

@@ -21,6 +21,11 @@ OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "step")
 
 
+
+def sigma_name(sigma: float) -> str:
+    """The name of a noise level in folders and results: "sigma=0.25"."""
+    return f"sigma={sigma:g}"
+
 @dataclasses.dataclass(frozen=True)
 class CertifiableClassifier:
     """A base classifier ready for certification: apply_fn(params, inputs in [0, 1] + noise) -> (batch, C) logits."""

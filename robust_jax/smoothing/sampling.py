@@ -160,9 +160,6 @@ class _StreamedCountingStep:
             compiler_options={"xla_cpu_multi_thread_eigen": False})
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self.first_rows))
 
-    def _cache_size(self) -> int:
-        return self.count_rows._cache_size()
-
     def __call__(self, params, x, key, batch_index, num_valid, sigma):
         def run(first_row):
             return np.asarray(self.count_rows(params, x, key, batch_index, num_valid, sigma, first_row))

@@ -4,9 +4,11 @@ the same path, compared.
 Methods (config.methods), each trained through core.train on the config's training split:
   gaussian              per sigma, the config's classifier trained on noisy copies (Cohen, Rosenfeld & Kolter 2019)
   gaussian_consistency  the same with consistency regularisation (Jeong & Shin 2020)
-  denoised              a diffusion denoiser and a classifier on clean images, optionally fine-tuned on denoised ones
-                        (Carlini et al. 2023): denoiser + classifier per noise sample
+  denoised              diffusion-denoised smoothing as the paper has it (Carlini et al. 2023): a diffusion denoiser
+                        and an off-the-shelf classifier trained on clean images: denoiser + classifier per noise sample
+  denoised_finetuned    the same classifier fine-tuned per sigma on denoised noisy images (a stronger baseline)
   rrcm                  rRCM pretraining, then fine-tuning per sigma (Lei et al.): one ViT forward per noise sample
+  rrcm_scratch          the ablation: rRCM's fine-tuning from a random init, without the pretraining
 Each method's base classifier at each sigma is certified by `certify_dataset` (CERTIFY on every k-th test example,
 one resumable TSV line per example; the same certification key per sigma for every method, so every method sees the
 same noise), and its accuracy on noisy test images is measured. Then per method the certified-accuracy report of its
@@ -19,7 +21,10 @@ Workdir layout: `<method>/` per method (its trainings, see each method module; `
 `inference_cost.json` FLOPs and measured seconds per noise sample.
 
 results.json metrics: certified_accuracy[method]["sigma=<s>" | "best"]["r=<radius>"],
-noisy_test_accuracy[method]["sigma=<s>"], inference_flops_per_sample[method], certified_examples.
+noisy_test_accuracy[method]["sigma=<s>"], inference_flops_per_sample[method], certified_examples, and
+units["certified_radius/sigma=<s>"]: per certified test image (ids: its index in the test split) and method, the
+certified radius when the certified class is the true label, else -1 (wrong or abstained), the units the claims are
+judged on (core/verdicts.py has the contract; every method is certified on the same images with the same noise).
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
 from robust_jax.core.evaluate import evaluate
-from robust_jax.smoothing import denoised_method, gaussian_method, rrcm_method
+from robust_jax.core.train import drive, train
 from robust_jax.smoothing.classifiers import (  # noqa: F401  (re-exported: the study's public names)
     LR_SCHEDULES,
     MODELS,
@@ -44,20 +50,44 @@ from robust_jax.smoothing.classifiers import (  # noqa: F401  (re-exported: the 
     Classifier,
     build_classifier,
     make_optimizer,
+    sigma_name,
 )
+from robust_jax.smoothing.methods import METHODS
 from robust_jax.smoothing.comparison import comparison_table, write_comparison
 from robust_jax.smoothing.dataset import certify_dataset, load_certification_results
 from robust_jax.smoothing.inference_cost import flops_per_sample, seconds_per_sample
-from robust_jax.smoothing.report import ENVELOPE, write_report
+from robust_jax.smoothing.report import ENVELOPE, CertificationResults, write_report
 from robust_jax.smoothing.study_data import DATASETS, TFDS_TEST_SPLITS, dataset_shape, load_data  # noqa: F401
 
-METHODS = ("gaussian", "gaussian_consistency", "denoised", "rrcm")
-_MODULES = {"gaussian": gaussian_method, "gaussian_consistency": gaussian_method, "denoised": denoised_method,
-            "rrcm": rrcm_method}
 
 
-def sigma_name(sigma: float) -> str:
-    return f"sigma={sigma:g}"
+def unit_set_name(sigma: float) -> str:
+    return f"certified_radius/{sigma_name(sigma)}"
+
+
+# The per-image value of a wrong or abstained certification: below every radius, so "certified at radius r" is
+# value >= r for every r >= 0.
+NOT_CERTIFIED = -1.0
+
+
+def paired_units(results: dict[str, dict[float, CertificationResults]], certify_every: int) -> dict:
+    """{unit_set_name(sigma): unit set} (core/verdicts.py's contract): per certified test image, each method's
+    certified radius where its certified class is the true label, else NOT_CERTIFIED. Image k of a certification
+    is test image k * certify_every (certify_dataset certifies every certify_every-th image, in index order)."""
+    units = {}
+    for sigma in sorted({sigma for by_sigma in results.values() for sigma in by_sigma}):
+        by_method = {method: by_sigma[sigma] for method, by_sigma in results.items() if sigma in by_sigma}
+        counts = {method: len(r.labels) for method, r in by_method.items()}
+        if len(set(counts.values())) != 1:
+            raise ValueError(f"the methods certified different numbers of images at sigma={sigma:g}: {counts}")
+        count = next(iter(counts.values()))
+        units[unit_set_name(sigma)] = {
+            "unit": "certified test image",
+            "ids": [str(k * certify_every) for k in range(count)],
+            "values": {method: np.where((r.predictions == r.labels) & (r.predictions >= 0), r.radii,
+                                        NOT_CERTIFIED).astype(float).tolist() for method, r in by_method.items()},
+        }
+    return units
 
 
 def check_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
@@ -80,9 +110,6 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
         checks.check_float(f"config.radii[{i}]", radius, non_negative=True)
     checks.check_int("config.eval_batch_size", config.eval_batch_size, minimum=1)
     checks.check_divisible("config.eval_batch_size", config.eval_batch_size, device_count, "the device count")
-    checks.check_float("config.consistency_lambda", config.consistency_lambda, non_negative=True)
-    checks.check_float("config.consistency_eta", config.consistency_eta, non_negative=True)
-    checks.check_int("config.consistency_copies", config.consistency_copies, minimum=1)
     checks.check_int("config.max_translation", config.max_translation, minimum=0)
     checks.check_int("config.n0", config.n0, minimum=1)
     checks.check_int("config.n", config.n, minimum=1)
@@ -92,22 +119,33 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_float("config.test_fraction", config.test_fraction, positive=True, below=1.0)
     methods = checks.check_nonempty_unique("config.methods", config.methods)
     for i, method in enumerate(methods):
-        checks.check_choice(f"config.methods[{i}]", method, METHODS)
-    if "gaussian_consistency" in methods and config.consistency_lambda <= 0:
-        checks.fail("config.consistency_lambda", config.consistency_lambda,
-                    "must be > 0 with the gaussian_consistency method (use the gaussian method for none)")
-    if "rrcm" in methods:
-        rrcm_method.check(config, device_count)
-    if "denoised" in methods:
-        denoised_method.check(config, device_count)
+        checks.check_choice(f"config.methods[{i}]", method, tuple(METHODS))
+    for module in dict.fromkeys(METHODS[method] for method in methods):
+        module.check(config, device_count)
 
 
-def fit_method(method: str, config: ml_collections.ConfigDict, data, method_dir: str,
-               mesh: Mesh) -> dict[float, CertifiableClassifier]:
-    """{sigma: the method's base classifier for certification}, trained (or restored when finished) in method_dir."""
-    if method in ("gaussian", "gaussian_consistency"):
-        return gaussian_method.fit(config, data, method_dir, mesh, consistency=method == "gaussian_consistency")
-    return _MODULES[method].fit(config, data, method_dir, mesh)
+def trainings(config: ml_collections.ConfigDict, workdir: str, data):
+    """Every method's trainings, method by method (`core.train.Training`, named "<method>/..."; see each method's
+    module). A training two methods declare under one name (denoised_finetuned starts from the denoised method's
+    denoiser and clean classifier) is trained once: the second method is sent the first one's result."""
+    del workdir
+    done = {}
+    for method in config.methods:
+        declared = METHODS[method].trainings(config, data, method)
+        try:
+            training = next(declared)
+            while True:
+                if training.name not in done:
+                    done[training.name] = yield training
+                training = declared.send(done[training.name])
+        except StopIteration:
+            pass
+
+
+def method_classifiers(method: str, config: ml_collections.ConfigDict, data, workdir: str,
+                       trained: dict) -> dict[float, CertifiableClassifier]:
+    """{sigma: the method's base classifier for certification} from the trained states ({name: TrainState})."""
+    return METHODS[method].classifiers(config, data, method, trained, os.path.join(workdir, method))
 
 
 def noisy_test_accuracy(classifier: CertifiableClassifier, sigma: float, test_split: dict, *, seed: int,
@@ -125,20 +163,6 @@ def noisy_test_accuracy(classifier: CertifiableClassifier, sigma: float, test_sp
     return evaluate(correct, classifier.params, test_split, batch_size=batch_size, mesh=mesh)["accuracy"]
 
 
-def restore(config: ml_collections.ConfigDict, workdir: str):
-    """({method: {sigma name: apply_fn}}, {method: {sigma name: params}}, metrics.jsonl of the first method's first
-    training), for `robust_jax.load_run`: `models[m][s](params[m][s], inputs in [0, 1])` gives logits. Methods and
-    sigmas not trained yet are left out."""
-    models, params = {}, {}
-    for method in config.methods:
-        restored = _MODULES[method].restore(config, os.path.join(workdir, method))
-        if restored:
-            models[method] = {sigma_name(s): c.apply_fn for s, c in restored.items()}
-            params[method] = {sigma_name(s): c.params for s, c in restored.items()}
-    first = config.methods[0]
-    return models, params, _MODULES[first].history_path(config, os.path.join(workdir, first))
-
-
 def _certification_seconds_per_sample(path: str, samples_per_example: int) -> float:
     with open(path) as file:
         seconds = [float(line.rsplit("\t", 1)[1]) for line in file.read().splitlines()[1:]]
@@ -152,10 +176,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     radii = tuple(config.radii)
     show = jax.process_index() == 0
 
+    trained_states = {name: result.state for name, (_, result) in
+                      drive(trainings(config, workdir, data), lambda t: train(t, workdir, mesh=mesh)).items()}
     results, noisy, flops, final_classifiers, certification_seconds = {}, {}, {}, {}, {}
     for method in config.methods:
         method_dir = os.path.join(workdir, method)
-        trained = fit_method(method, config, data, method_dir, mesh)
+        trained = method_classifiers(method, config, data, workdir, trained_states)
         results[method], noisy[method], certification_seconds[method] = {}, {}, {}
         for sigma in config.sigmas:
             classifier = trained[sigma]
@@ -202,5 +228,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
             "noisy_test_accuracy": noisy,
             "inference_flops_per_sample": flops,
             "certified_examples": int(len(next(iter(results[config.methods[0]].values())).labels)),
+            "units": paired_units(results, config.certify_every),
         }
     }

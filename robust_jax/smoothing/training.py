@@ -44,14 +44,15 @@ def make_noise_loss_fn(
     copies: int = 2,
     max_translation: int = 0,
 ):
-    """loss_fn(params, model_state, batch, key) for the core train loop.
+    """loss_fn(params, model_state, batch, key, step, constants) for the core train loop.
 
     apply_train(params, model_state, images) -> (logits, new_model_state) runs the model in training mode.
     max_translation > 0 moves each (image-shaped) input by up to that many pixels before the noise is added.
     """
     copies = copies if consistency_lambda > 0 else 1
 
-    def loss_fn(params, model_state, batch, key):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del step, constants
         translate_key, noise_key = jax.random.split(key)
         images = random_translate(translate_key, batch["image"], max_translation)
         images_MxBxX = noisy_copies(noise_key, images, sigma, copies)

@@ -1,4 +1,5 @@
-"""One process of a two-process CPU run (started by test_multihost.py): trains digits `tiny`, saves parameters."""
+"""One process of a two-process CPU run (started by test_multihost.py): trains digits `tiny`, saves the parameters
+of the checkpoint it wrote."""
 
 import sys
 
@@ -13,10 +14,10 @@ if int(num_processes) > 1:
     )
 
 import numpy as np  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
 
 sys.path.insert(0, ".")
 from robust_jax.configs import digits  # noqa: E402
+from robust_jax.core.train import restore  # noqa: E402
 from robust_jax.digits import study  # noqa: E402
 
 config = digits.get_config("tiny")
@@ -25,7 +26,8 @@ config.checkpoint_every = 6
 config.batch_size = 32
 config.eval_batch_size = 64
 output = study.run(config, workdir)
-params = multihost_utils.process_allgather(output["state"].params, tiled=True)
+(training,) = study.trainings(config, workdir, None)
+params = restore(training, workdir).state.params  # the checkpoint the processes wrote together, read back whole
 if jax.process_index() == 0:
     flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     flat["__test_accuracy__"] = np.asarray(output["metrics"]["test_accuracy"])

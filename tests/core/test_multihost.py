@@ -44,4 +44,4 @@ def test_two_processes_match_one(tmp_path):
     for name in one_params.files:
         np.testing.assert_allclose(two_params[name], one_params[name], atol=1e-5, rtol=0, err_msg=name)
     # Both processes trained: the checkpoint written jointly by the two processes is complete.
-    assert (tmp_path / "two" / "checkpoints" / "12").is_dir()
+    assert (tmp_path / "two" / "classifier" / "checkpoints" / "12").is_dir()

@@ -11,6 +11,7 @@ from robust_jax.core.checks import ConfigError
 from robust_jax.core.config import TRAIN_FIELDS
 from robust_jax.core.config_loading import load_config
 from robust_jax.core.mesh import make_data_mesh
+from robust_jax.core.train import train
 
 PRESETS = [(study, preset) for study in robust_jax.STUDIES
            for preset in robust_jax.core.config_loading.config_module(study).PRESETS]
@@ -44,8 +45,8 @@ def _icl_gpt2_params(workdir, fsdp_min_size):
 
     config = robust_jax.get_config("icl", "tiny")
     config.num_steps, config.fsdp_min_size = 12, fsdp_min_size
-    predictor = study.train_gpt2(config, workdir=str(workdir), max_points=8, mesh=make_data_mesh())
-    params = predictor.args[0]  # the trained parameters the predictor closes over
+    gpt2 = [training for training in study.trainings(config, str(workdir), None) if training.name == "gpt2"][0]
+    params = train(gpt2, str(workdir), mesh=make_data_mesh()).state.params
     specs = [tuple(leaf.sharding.spec) for leaf in jax.tree.leaves(params)]
     assert any("data" in spec for spec in specs) == (fsdp_min_size > 0)
     return params
@@ -54,18 +55,18 @@ def _icl_gpt2_params(workdir, fsdp_min_size):
 def _sde_cell_params(workdir, fsdp_min_size):
     from robust_jax.data.timeseries import prepare_timeseries
     from robust_jax.sde import study
-    from robust_jax.sde.training import restore_cell, train_cell
+    from robust_jax.sde.training import cell_training
 
     config = robust_jax.get_config("sde", "tiny")
     config.fsdp_min_size, config.epochs = fsdp_min_size, 3
     data = prepare_timeseries("BasicMotions", 0.0, 0)
     model = study.build_model(config, "lsde", data.num_classes)
-    protocol = study.protocol_from(config)
-    train_cell(str(workdir), model, data, protocol, seed=0, mesh=make_data_mesh())
-    params = restore_cell(str(workdir), model, data, protocol)["params"]
-    # The head's first bias feeds a BatchNorm, which removes it: its exact gradient is 0, so what it gets is float
-    # rounding, which Adam scales up to lr-sized steps (it differs as much between 1 and 8 replicated devices).
-    del params["head"]["Dense_0"]["bias"]
+    training = cell_training("lsde", model, data, study.protocol_from(config), seed=0)
+    params = jax.device_get(train(training, str(workdir), mesh=make_data_mesh()).state.params)
+    # The head's first Linear feeds a BatchNorm, which removes any constant shift: the exact gradient of its bias and
+    # of the readout's last bias (which only shifts that Linear's output) is 0, so what they get is float rounding,
+    # which Adam scales up to lr-sized steps (it differs as much between 1 and 8 replicated devices).
+    del params["head"]["Dense_0"]["bias"], params["readout_net"]["out"]["bias"]
     return params
 
 

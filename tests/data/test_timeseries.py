@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from robust_jax.data import timeseries as ts_lib
+from tests.requirements import require
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +81,8 @@ def test_fill_follows_the_reference():
 
 
 def test_hermite_matches_torchcde_with_missing_values(basic_motions):
-    torch = pytest.importorskip("torch")
-    torchcde = pytest.importorskip("torchcde")
+    torch = require("torch")
+    torchcde = require("torchcde")
     data = basic_motions  # 30% of the time points dropped: leading, interior and trailing gaps
     assert np.isnan(data.values[:, 0, 1:]).any() and np.isnan(data.values[:, -1, 1:]).any()
     theirs = torchcde.hermite_cubic_coefficients_with_backward_differences(
@@ -93,7 +94,7 @@ def test_hermite_matches_torchcde_with_missing_values(basic_motions):
 
 
 def test_hermite_matches_diffrax_without_missing_values():
-    diffrax = pytest.importorskip("diffrax")
+    diffrax = require("diffrax")
     times = jnp.linspace(0.0, 1.0, 17)
     values = np.random.default_rng(1).normal(size=(3, 17, 2))
     ours = ts_lib.hermite_coefficients(times, values)

@@ -30,5 +30,5 @@ def test_cpu_preset_passes_95_percent_within_400_steps(tmp_path, one_device):
     written = json.loads((tmp_path / "results.json").read_text())
     assert set(written) == {"study", "preset", "metrics", "wall_s", "devices", "jax_version"}
     assert written["metrics"] == results["metrics"]
-    assert (tmp_path / "config.json").exists() and (tmp_path / "metrics.jsonl").exists()
-    assert any((tmp_path / "tensorboard").iterdir())
+    assert (tmp_path / "config.json").exists() and (tmp_path / "classifier" / "metrics.jsonl").exists()
+    assert any((tmp_path / "classifier" / "tensorboard").iterdir())

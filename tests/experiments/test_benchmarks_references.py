@@ -10,6 +10,7 @@ import pytest
 
 from experiments.benchmarks import clip_throughput, icl_throughput
 from robust_jax.models import clip as clip_lib
+from tests.requirements import require
 
 
 def _our_parameter_count(name: str) -> int:
@@ -19,8 +20,8 @@ def _our_parameter_count(name: str) -> int:
 
 
 def test_clip_reference_has_open_clip_vit_b_32_geometry_with_gelu():
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     config = clip_throughput.hf_clip_config(clip_lib.get_config("ViT-B-32"))
     vision, text = config.vision_config, config.text_config
     assert (vision.image_size, vision.patch_size, vision.hidden_size, vision.num_hidden_layers,
@@ -52,7 +53,7 @@ def _last_json(capsys) -> dict:
 
 @pytest.mark.slow
 def test_clip_comparison_alternates_separate_processes(capsys):
-    pytest.importorskip("transformers")
+    require("transformers")
     clip_throughput.main(["--model=tiny", "--forward_batch=2", "--train_batch=2", "--seconds=0", "--repeats=1",
                           "--with_torch_reference", "--pairs=1"])
     results = _last_json(capsys)["results"]
@@ -62,7 +63,7 @@ def test_clip_comparison_alternates_separate_processes(capsys):
 
 @pytest.mark.slow
 def test_icl_comparison_alternates_separate_processes(capsys):
-    pytest.importorskip("transformers")
+    require("transformers")
     icl_throughput.main(["--sizes=tiny", "--seconds=0", "--repeats=1", "--with_torch_reference", "--pairs=1"])
     results = _last_json(capsys)["results"]
     assert results["tiny_steps_per_s"] > 0 and results["tiny_steps_per_s_vs_torch"] > 0

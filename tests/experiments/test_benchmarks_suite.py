@@ -84,6 +84,9 @@ def check_smoke_rows(table_text: str, results: dict, parts=None) -> None:
     if "paper_steps rrcm:tiny" in parts:
         assert results["paper_steps rrcm:tiny/denoised_classifier_steps_per_s"] == \
             results["paper_steps rrcm:tiny/gaussian_steps_per_s"]
+        # the ablation fine-tunes with rRCM's step: timed once
+        assert results["paper_steps rrcm:tiny/rrcm_scratch_finetune_steps_per_s"] == \
+            results["paper_steps rrcm:tiny/rrcm_finetune_steps_per_s"]
     if "certify_precision" in parts:
         assert 0 < results["certify_precision/trained_bfloat16_agreement_with_float32"] <= 1
 

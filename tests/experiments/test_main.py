@@ -1,22 +1,20 @@
 """The command line: bad configs exit 2 before writing anything, a SIGKILLed run resumes to the same bits, and a
 NaN loss stops the run naming the step while the last good checkpoint stays loadable."""
 
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from robust_jax.configs import digits
-from robust_jax.core.train import restore_latest_state
+from robust_jax.core.config_loading import load_config
+from robust_jax.core.train import restore_state
 from robust_jax.digits import study
+from tests import sigkill
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 TINY = "--config=digits:tiny"
@@ -59,51 +57,16 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path, args, devices, pattern)
     assert not workdir.exists()
 
 
-def _final_params(workdir, config):
-    model = study.build_model(config)
-    import jax.numpy as jnp
-
-    state = restore_latest_state(
-        str(workdir),
-        lambda key: (model.init(key, jnp.zeros((1, 8, 8, 1))), {}),
-        optax.adam(config.learning_rate),
-        mesh=None,
-    )
-    return jax.device_get(state)
-
-
 @pytest.mark.slow
-def test_sigkill_then_rerun_is_bitwise_identical(tmp_path):
-    overrides = ["--config.num_steps=400", "--config.checkpoint_every=40", "--config.noise_sigma=0.25"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert _main([TINY, *overrides, f"--workdir={whole}"]).returncode == 0
-
-    args = [sys.executable, "-m", "experiments.main", TINY, *overrides, f"--workdir={killed}"]
-    proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    checkpoints = killed / "checkpoints"
-    while time.time() < deadline:
-        steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
-        if any(40 <= s < 400 for s in steps):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
-
-    rerun = _main([TINY, *overrides, f"--workdir={killed}"])
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-
-    config = digits.get_config("tiny")
-    a, b = _final_params(whole, config), _final_params(killed, config)
-    assert int(a.step) == int(b.step) == 400
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
-        np.testing.assert_array_equal(x, y)
-    metrics_a = json.loads((whole / "results.json").read_text())["metrics"]
-    metrics_b = json.loads((killed / "results.json").read_text())["metrics"]
-    assert metrics_a == metrics_b
-    logged = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert logged == sorted(set(logged)), "resumed run must not log a step twice"
+def test_sigkill_then_rerun_is_bitwise_identical_in_the_users_build(tmp_path):
+    """Killed and run again as a user runs it (XLA's default threading and optimisation level): the same state,
+    optimizer included, the same logged losses and the same results as a run never killed."""
+    args = [TINY, "--config.num_steps=400", "--config.checkpoint_every=40", "--config.noise_sigma=0.25"]
+    sigkill.run(args, tmp_path / "whole", user_build=True)
+    sigkill.kill_inside(args, tmp_path / "killed", "classifier", first=40, last=400, user_build=True)
+    sigkill.run(args, tmp_path / "killed", user_build=True)
+    config = load_config("digits:tiny", [("num_steps", "400"), ("checkpoint_every", "40"), ("noise_sigma", "0.25")])
+    assert sigkill.compare_runs(config, tmp_path / "whole", tmp_path / "killed") == ["classifier"]
 
 
 def test_nan_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
@@ -117,6 +80,7 @@ def test_nan_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path):
     assert not (workdir / "results.json").exists()
     config = digits.get_config("tiny")
     config.learning_rate = 1e30
-    state = _final_params(workdir, config)
+    (training,) = study.trainings(config, str(workdir), None)
+    state = jax.device_get(restore_state(training, str(workdir)))
     assert int(state.step) <= bad_step
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))

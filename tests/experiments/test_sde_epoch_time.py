@@ -11,10 +11,11 @@ from experiments.benchmarks import sde_epoch_time
 from robust_jax.data.timeseries import prepare_timeseries
 from robust_jax.sde import SDEClassifier
 from robust_jax.sde.solvers import brownian_increments
+from tests.requirements import require
 
-torch = pytest.importorskip("torch")
-torchcde = pytest.importorskip("torchcde")
-pytest.importorskip("torchsde")
+torch = require("torch")
+torchcde = require("torchcde")
+require("torchsde")
 
 HIDDEN, LAYERS, BATCH = 8, 2, 5
 
@@ -62,13 +63,16 @@ def _load_weights(module, params, batch_stats):
     with torch.no_grad():
         linear(module.initial, params["initial"])
         field = params["field"]
-        for name in ("control", "state", "embed", "out"):
-            linear(getattr(module.field, name), field[name])
+        for name in field:
+            if name in ("control", "state", "embed", "out"):
+                linear(getattr(module.field, name), field[name])
         for i, layer in enumerate(module.field.hidden_layers):
             linear(layer, field[f"hidden_{i}"])
         linear(module.field.sigma[0], params["noise"]["sigma"]["Dense_0"])
         linear(module.field.sigma[2], params["noise"]["sigma"]["Dense_1"])
         module.field.theta.copy_(torch.tensor(float(params["noise"]["theta"])))
+        linear(module.readout[1], params["readout_net"]["hidden"])
+        linear(module.readout[3], params["readout_net"]["out"])
         linear(module.head[0], params["head"]["Dense_0"])
         linear(module.head[4], params["head"]["Dense_1"])
         norm, stats = module.head[1], batch_stats["head"]["BatchNorm_0"]
@@ -78,7 +82,7 @@ def _load_weights(module, params, batch_stats):
         norm.running_var.copy_(torch.tensor(np.asarray(stats["var"])))
 
 
-@pytest.mark.parametrize("model_name", ["lsde", "lnsde", "gsde"])
+@pytest.mark.parametrize("model_name", ["lsde", "lnsde", "gsde", "naive_sde"])
 def test_torch_reference_computes_our_logits(model_name, data, key):
     rows = data.splits["train"][:BATCH]
     coeffs = tuple(jnp.asarray(c[rows]) for c in data.coeffs)
@@ -86,7 +90,9 @@ def test_torch_reference_computes_our_logits(model_name, data, key):
                           num_hidden_layers=LAYERS)
     variables = model.init(key, data.times, coeffs, key)
     # Trained-looking statistics, so BatchNorm's evaluation path is exercised too.
-    stats = jax.tree.map(lambda x: x + 0.3, variables["batch_stats"])
+    # (a mean below the features keeps the ReLU after BatchNorm open, so the logits depend on z)
+    norm = variables["batch_stats"]["head"]["BatchNorm_0"]
+    stats = {"head": {"BatchNorm_0": {"mean": norm["mean"] - 0.3, "var": norm["var"] + 0.3}}}
     variables = {"params": variables["params"], "batch_stats": stats}
     noise_key = jax.random.fold_in(key, 1)
     ours = np.asarray(model.apply(variables, data.times, coeffs, noise_key, train=False))
@@ -103,4 +109,4 @@ def test_torch_reference_computes_our_logits(model_name, data, key):
         theirs = reference(times, path, bm=GridBrownian(data.times, torch.tensor(dW))).numpy()
         other_noise = reference(times, path, bm=GridBrownian(data.times, torch.tensor(-dW))).numpy()
     np.testing.assert_allclose(theirs, ours, rtol=1e-3, atol=1e-4)
-    assert np.abs(other_noise - ours).max() > 1e-2  # the noise matters, so agreement is not an accident
+    assert np.abs(other_noise - ours).max() > 2e-3  # the noise matters (20x the tolerance), so agreement is no accident

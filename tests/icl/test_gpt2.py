@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from robust_jax.core.train import TrainLoopConfig, train
+from robust_jax.core.train import TrainLoopConfig, Training, train
 from robust_jax.data.array_batches import IndexBatches
 from robust_jax.icl import baselines
 from robust_jax.icl.gpt2 import (
@@ -131,9 +131,10 @@ def test_training_beats_zero_estimator(key, tmp_path):
     spec = PromptSpec(dim=dim, n_context=2 * dim)
     model = gpt2_model("tiny", dim=dim, max_points=2 * dim + 1)
     init_fn, loss_fn = training_functions(model, spec, Curriculum.garg(dim))
-    trained = train(workdir=str(tmp_path), init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.adam(1e-3),
-                    batches=IndexBatches(batch_size=64), loop=TrainLoopConfig(num_steps=800, log_every=400,
-                                                                              checkpoint_every=800))
+    trained = train(Training(name="gpt2", init_fn=init_fn, loss_fn=loss_fn, optimizer=optax.adam(1e-3),
+                             batches=lambda: IndexBatches(batch_size=64),
+                             loop=TrainLoopConfig(num_steps=800, log_every=400, checkpoint_every=800)),
+                    str(tmp_path))
     state = trained.state
     assert int(state.step) == 800
 

@@ -9,9 +9,10 @@ import os
 import jax
 import numpy as np
 import pytest
+from tests.requirements import require
 
-torch = pytest.importorskip("torch", reason="HF parity tests need torch (test-only dependency)")
-transformers = pytest.importorskip("transformers", reason="HF parity tests need transformers (test-only dependency)")
+torch = require("torch", reason="HF parity tests need torch (test-only dependency)")
+transformers = require("transformers", reason="HF parity tests need transformers (test-only dependency)")
 
 from safetensors.numpy import load_file, save_file  # noqa: E402
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.requirements import require
 
-pytest.importorskip("ftfy", reason="CLIPTokenizer needs ftfy")
-pytest.importorskip("regex", reason="CLIPTokenizer needs regex")
+require("ftfy", reason="CLIPTokenizer needs ftfy")
+require("regex", reason="CLIPTokenizer needs regex")
 
 from robust_jax.models.clip_tokenizer import CLIPTokenizer  # noqa: E402
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from robust_jax.models import resnet
+from tests.requirements import require
 
 
 def _param_count(model, image_size):
@@ -185,7 +186,7 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close():
 @pytest.mark.parametrize("image_size", [32, 33])
 def test_imagenet_stem_matches_torch_layers(image_size):
     """Symmetric padding 3 for the 7x7/2 conv and -inf padding 1 for the 3x3/2 max pool, as torch does."""
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     stem = resnet.ImageNetStem()
     rng = np.random.default_rng(image_size)
     x = rng.uniform(-1, 1, (2, image_size, image_size, 3)).astype(np.float32)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from robust_jax.models.transformer import CausalTransformer, params_from_huggingface_gpt2
+from tests.requirements import require
 
 SMALL = dict(n_positions=64, n_embd=32, n_layer=2, n_head=4)
 
 
 def test_matches_huggingface_gpt2(key):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=8, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new", **SMALL

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from robust_jax.models import vit
+from tests.requirements import require
 
 SMALL = dict(num_classes=5, image_size=16, patch_size=4, width=32, depth=2, num_heads=4, mlp_dim=64)
 
@@ -138,7 +139,7 @@ def test_cls_output_is_invariant_to_patch_permutation_without_position_embedding
 
 
 def test_encoder_block_matches_torch_transformer_encoder_layer():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     width, heads, mlp_dim, tokens = 32, 4, 48, 7
     block = vit.EncoderBlock(num_heads=heads, mlp_dim=mlp_dim, layer_norm_eps=1e-6)
     x = _np_normal(7, (2, tokens, width))

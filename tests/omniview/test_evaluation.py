@@ -49,6 +49,36 @@ def test_evaluation_set_holds_only_heldout_objects(tmp_path):
     shown = eval_set["image"][groups["canonical"] | groups["viewpoint_ood"]]
     assert {image.tobytes() for image in shown} <= heldout_images
     np.testing.assert_array_equal(eval_set["image"], evaluation.evaluation_set(data, seed=0)["image"])
+    # Every image names the held-out object it shows: its canonical and viewpoint-OOD views are that object's.
+    heldout_objects = set(data["object_id"][data["heldout"]].tolist())
+    assert set(eval_set["object"].tolist()) == heldout_objects
+    views_of = {obj: {data["image"][i].tobytes() for i in np.flatnonzero(data["object_id"] == obj)}
+                for obj in heldout_objects}
+    for i in np.flatnonzero(groups["canonical"] | groups["viewpoint_ood"]):
+        assert eval_set["image"][i].tobytes() in views_of[int(eval_set["object"][i])]
+    # A blurred image (the one corruption without randomness) is the blur of a canonical view of the object it names.
+    canonical_of = {obj: [data["image"][i] for i in np.flatnonzero((data["object_id"] == obj)
+                                                                    & (data["view_split"] == multiview.CANONICAL))]
+                    for obj in heldout_objects}
+    for i in np.flatnonzero(groups["corrupted_blur"]):
+        assert any(np.array_equal(eval_set["image"][i], evaluation.corrupt(view, "blur", None))
+                   for view in canonical_of[int(eval_set["object"][i])])
+    for group in ("canonical", "viewpoint_ood", "corrupted"):  # the same number of images per object
+        assert len(set(np.unique(eval_set["object"][groups[group]], return_counts=True)[1].tolist())) == 1
+
+
+def test_paired_units_are_per_object_accuracies():
+    from robust_jax.omniview import study
+
+    groups = {"viewpoint_ood": np.array([1, 1, 1, 1, 0, 0], bool), "canonical": np.array([0, 0, 0, 0, 1, 1], bool),
+              "corrupted": np.array([0, 0, 0, 0, 1, 1], bool)}
+    eval_set = {"object": np.array([7, 3, 7, 3, 3, 7]), "groups": groups}
+    reports = {"base": {"top1_correct": np.array([1, 0, 0, 0, 1, 1], bool)},
+               "ovt": {"top1_correct": np.array([1, 1, 1, 0, 0, 1], bool)}}
+    units = study.paired_units(reports, eval_set)
+    assert units["viewpoint_ood_top1"] == {"unit": "held-out object", "ids": ["3", "7"],
+                                           "values": {"base": [0.0, 0.5], "ovt": [0.5, 1.0]}}
+    assert units["canonical_top1"]["values"] == {"base": [1.0, 1.0], "ovt": [0.0, 1.0]}
 
 
 def test_report_files(tmp_path):

@@ -61,7 +61,7 @@ def test_min_step_loss_is_itc_plus_lambda_vi(with_hard_views):
     targets_TxE = rng.normal(size=(2, 16)).astype(np.float32)
     batch = {"image": images, "row": rows, "example_id": np.arange(6, dtype=np.int32), "token_ids": tokens}
     constants = {"clip": base, "targets_TxE": targets_TxE, "target_slot_N": target_slot_N}
-    loss, (metrics, _) = jax.jit(setup.loss_fn)(trainable, {}, batch, jax.random.key(2), constants)
+    loss, (metrics, _) = jax.jit(setup.loss_fn)(trainable, {}, batch, jax.random.key(2), 0, constants)
 
     params = tuning.with_base(setup, trainable)
     z = np.asarray(jax.jit(setup.tuned.encode_image)(params, tuning.normalise_images(jnp.asarray(images))),

@@ -1,4 +1,5 @@
-"""The five classifiers: shapes, BatchNorm state, gradients, solver options and bad names."""
+"""The classifiers: shapes, BatchNorm state, gradients, what each drift reads, the readout, solver options and bad
+names."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import pytest
 
 from robust_jax.data.timeseries import hermite_coefficients
 from robust_jax.sde import MODELS, SDEClassifier, check_model_name
+from tests.requirements import require
 
 BATCH, LENGTH, CHANNELS, CLASSES = 6, 12, 3, 3
 
@@ -61,7 +63,7 @@ def test_reference_stabilisers_present(inputs, key):
 
 
 def test_diffrax_euler_matches_scan_for_the_cde(inputs, key):
-    pytest.importorskip("diffrax")
+    require("diffrax")
     times, coeffs, _ = inputs
     scan = SDEClassifier("ncde", CLASSES, hidden_dim=8, hidden_hidden_dim=8)
     variables = scan.init(key, times, coeffs, key)
@@ -84,7 +86,7 @@ def test_bad_options(kwargs, match, inputs, key):
     times, coeffs, _ = inputs
     with pytest.raises(ValueError, match=match):
         SDEClassifier(num_classes=CLASSES, **kwargs).init(key, times, coeffs, key)
-    with pytest.raises(ValueError, match="allowed: lsde, lnsde, gsde, naive_sde, ncde"):
+    with pytest.raises(ValueError, match="allowed: lsde, lnsde, gsde, naive_sde, naive_sde_controlled, ncde"):
         check_model_name("LSDE")
 
 
@@ -105,3 +107,54 @@ def test_per_example_brownian_keys_do_not_depend_on_the_batch(inputs, key):
     diffrax_variables = diffrax_model.init(key, times, coeffs, key)
     with pytest.raises(ValueError, match="per-example keys need 'euler'"):
         diffrax_model.apply(diffrax_variables, times, coeffs, keys)
+
+
+@pytest.mark.parametrize("model_name, reads_control", [("naive_sde", False), ("naive_sde_controlled", True),
+                                                        ("lsde", True), ("lnsde", True), ("gsde", True)])
+def test_which_drifts_read_the_control_path(model_name, reads_control, key):
+    """The naive SDE's drift is f(t, z) (the reference's neuralsde_3_18: X enters through z0 only): for any z and t,
+    replacing X(t) by anything else leaves it unchanged; the controlled ablation's (neuralsde_4_18) and the stable
+    classes' drifts change."""
+    from robust_jax.sde.models import Drift
+
+    hidden = 8
+    drift = Drift(model_name, hidden, hidden, 2, "sincos", "relu", False, "tanh")
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(rng.normal(size=(16, hidden)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(16, CHANNELS)), jnp.float32)
+    variables = drift.init(key, 0.3, z, x)
+    assert ("control" in variables["params"]) == reads_control
+    for t in (0.0, 0.3, 0.9):
+        for other_x in (jnp.zeros_like(x), 10.0 * x[::-1], jnp.asarray(rng.normal(size=x.shape), jnp.float32)):
+            same = np.allclose(drift.apply(variables, t, z, x), drift.apply(variables, t, z, other_x), atol=0)
+            assert same == (not reads_control)
+    # the naive drift still reads t and z
+    if not reads_control:
+        assert not np.allclose(drift.apply(variables, 0.3, z, x), drift.apply(variables, 0.9, z, x))
+        assert not np.allclose(drift.apply(variables, 0.3, z, x), drift.apply(variables, 0.3, z[::-1], x))
+
+
+@pytest.mark.parametrize("model_name", ["lsde", "ncde"])
+def test_readout_is_the_references(model_name, inputs, key):
+    """The head reads Tanh -> Linear -> ReLU -> Linear of the final z for the SDEs and one Linear for the neural CDE
+    (torch-ists' NeuralSDE / NeuralCDE), recomputed here in numpy from the parameters; readout='none' reads z."""
+    times, coeffs, _ = inputs
+    model = SDEClassifier(model_name, CLASSES, hidden_dim=8, hidden_hidden_dim=8)
+    variables = model.init(key, times, coeffs, key)
+    z = np.asarray(model.apply(variables, times, coeffs, key, method=SDEClassifier.latent), np.float64)
+    readout = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), variables["params"]["readout_net"])
+    if model_name == "ncde":
+        features = z @ readout["out"]["kernel"] + readout["out"]["bias"]
+    else:
+        hidden = np.maximum(np.tanh(z) @ readout["hidden"]["kernel"] + readout["hidden"]["bias"], 0.0)
+        features = hidden @ readout["out"]["kernel"] + readout["out"]["bias"]
+    head = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), variables["params"]["head"])
+    stats = variables["batch_stats"]["head"]["BatchNorm_0"]
+    h = features @ head["Dense_0"]["kernel"] + head["Dense_0"]["bias"]
+    h = (h - np.asarray(stats["mean"])) / np.sqrt(np.asarray(stats["var"]) + 1e-5)
+    h = np.maximum(h * head["BatchNorm_0"]["scale"] + head["BatchNorm_0"]["bias"], 0.0)
+    expected = h @ head["Dense_1"]["kernel"] + head["Dense_1"]["bias"]
+    logits = np.asarray(model.apply(variables, times, coeffs, key, train=False))
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+    without = SDEClassifier(model_name, CLASSES, hidden_dim=8, hidden_hidden_dim=8, readout="none")
+    assert "readout_net" not in without.init(key, times, coeffs, key)["params"]

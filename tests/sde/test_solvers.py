@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from robust_jax.sde import solvers
+from tests.requirements import require
 
 MU, SIGMA, X0, T = 1.0, 0.5, 1.0, 1.0
 FINEST = 7  # 2^7 steps on the finest grid
@@ -59,7 +60,7 @@ def test_diffrax_milstein_strong_order_one_on_gbm(key):
     """diffrax option: on GBM driven by the Brownian tree's own W_T, Milstein's strong error falls at order ~1 and
     Euler's at ~0.5. μ = 0.1, σ = 1: the noise term dominates, so the two orders separate (with μ = 1, σ = 0.5 the
     O(dt) drift error both schemes share makes Euler look better than order 0.5 on coarse grids)."""
-    diffrax = pytest.importorskip("diffrax")
+    diffrax = require("diffrax")
     mu, sigma, levels, tol = 0.1, 1.0, (3, 5, 7), 2.0**-10
     keys = jax.random.split(key, 512)
 

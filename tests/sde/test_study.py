@@ -1,4 +1,5 @@
-"""The SDE study end to end on the `tiny` preset, the reference's batch rule, exact resumption of a cell, bad configs."""
+"""The SDE study end to end on the `tiny` preset, the cells of a training as members against each cell trained alone,
+the reference's batch rule and model selection, exact resumption of a cell, bad configs."""
 
 import json
 import os
@@ -8,10 +9,11 @@ import pytest
 
 from robust_jax.configs import sde as sde_configs
 from robust_jax.core import run as run_lib
+from robust_jax.core import verdicts
 from robust_jax.core.checks import ConfigError
 from robust_jax.data.timeseries import prepare_timeseries
 from robust_jax.sde import study
-from robust_jax.sde.training import RESULT_FILE, Protocol, reference_batch_size, train_cell
+from robust_jax.sde.training import RESULT_FILE, Protocol, cell_training, reference_batch_size, train_cell
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +42,17 @@ def test_tiny_study_reports_every_model_and_rate(tiny_run):
             assert metrics["accuracy_std"][model][rate] == 0.0  # one seed
         assert metrics["drop_0_to_50"][model] == pytest.approx(per_dataset["missing=0"] - per_dataset["missing=0.5"])
         assert metrics["drop_0_to_50_std"][model] == 0.0  # one seed
+        assert metrics["units"]["drop_0_to_50"]["values"][model] == pytest.approx([metrics["drop_0_to_50"][model]])
     assert metrics["diverged"] == []
     for name in ("accuracy_vs_missing.png", "accuracy.md", "results.json", "config.json"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0
     with open(os.path.join(workdir, "accuracy_vs_missing.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    cell = os.path.join(workdir, "BasicMotions", "missing=0.5", "naive_sde", "seed=0")
-    with open(os.path.join(cell, RESULT_FILE)) as f:
-        record = json.load(f)
-    assert record["epochs_run"] == config.epochs and record["batch_size"] == 16  # 56 training series -> 16
+    with open(os.path.join(workdir, "BasicMotions", "naive_sde", RESULT_FILE)) as f:
+        records = json.load(f)  # one per cell of study.member_cells
+    assert len(records) == len(study.member_cells(config)) == 2
+    record = records[study.member_cells(config).index((0.5, 0))]
+    assert record["batch_size"] == 16  # 56 training series -> 16
     assert metrics["accuracy"]["naive_sde"]["missing=0.5"] == record["test_accuracy"]
     # A finished grid is not trained again: the same workdir gives the same metrics.
     again = run_lib.run_study(config, workdir)
@@ -61,11 +65,12 @@ def test_a_cell_resumes_exactly_from_its_checkpoint(tiny_run, tmp_path):
     model = study.build_model(config, "lsde", data.num_classes)
     protocol = Protocol(epochs=4, patience=100, early_stopping_start=100, learning_rate=config.learning_rate,
                         eval_batch_size=config.eval_batch_size, checkpoint_every_epochs=1)
-    straight = train_cell(str(tmp_path / "straight"), model, data, protocol, seed=0)
+    straight = train_cell(cell_training("straight", model, data, protocol, seed=0), str(tmp_path))
     interrupted = str(tmp_path / "interrupted")
-    train_cell(interrupted, model, data, Protocol(**{**protocol.__dict__, "epochs": 2}), seed=0)
+    train_cell(cell_training("interrupted", model, data, Protocol(**{**protocol.__dict__, "epochs": 2}), seed=0),
+               str(tmp_path))
     os.remove(os.path.join(interrupted, RESULT_FILE))  # as if the run had been killed after epoch 2's checkpoint
-    resumed = train_cell(interrupted, model, data, protocol, seed=0)
+    resumed = train_cell(cell_training("interrupted", model, data, protocol, seed=0), str(tmp_path))
     assert resumed == straight and resumed["epochs_run"] == 4
     curves = [[json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
               for d in (str(tmp_path / "straight"), interrupted)]
@@ -86,7 +91,10 @@ def test_reference_batch_rule(num_train, expected):
         ("datasets", ("BasicMotions", "NoSuchSet"), r"config\.datasets\[1\]='NoSuchSet'.*ArrowHead.*GunPoint"),
         ("missing_rates", (0.0, 1.0), r"config\.missing_rates\[1\]=1\.0.*must be < 1"),
         ("missing_rates", (-0.1,), r"config\.missing_rates\[0\]=-0\.1.*>= 0"),
-        ("models", ("lsde", "sde"), r"config\.models\[1\]='sde'.*'lsde', 'lnsde', 'gsde', 'naive_sde', 'ncde'"),
+        ("models", ("lsde", "sde"),
+         r"config\.models\[1\]='sde'.*'lsde', 'lnsde', 'gsde', 'naive_sde', 'naive_sde_controlled', 'ncde'"),
+        ("readout", "linear", r"config\.readout='linear'.*\['reference', 'none'\]"),
+        ("selection", "test_accuracy", r"config\.selection='test_accuracy'.*\['valid_loss', 'valid_accuracy'\]"),
         ("seeds", (), r"config\.seeds=\(\)"),
         ("models", ("lsde", "lsde"), r"config\.models=.*must not repeat"),
         ("eval_batch_size", 12, r"config\.eval_batch_size=12.*divisible"),
@@ -108,7 +116,8 @@ def test_presets_pass_the_checks():
     for preset in sde_configs.PRESETS:
         study.check_config(sde_configs.get_config(preset), device_count=1)
     assert len(sde_configs.get_config("paper").seeds) == 5
-    assert len(sde_configs.get_config("cpu").seeds) == 3
+    cpu = sde_configs.get_config("cpu")
+    assert len(cpu.seeds) == 10 and cpu.missing_rates == (0.0, 0.5) and "naive_sde" in cpu.models
 
 
 def test_summary_over_seeds_against_a_hand_computation():
@@ -125,3 +134,54 @@ def test_summary_over_seeds_against_a_hand_computation():
     assert metrics["drop_0_to_50_std"]["m"] == pytest.approx(0.01)
     assert metrics["accuracy"]["m"]["missing=0"] == pytest.approx(0.9)  # (0.85 + 0.95) / 2
     assert metrics["accuracy_std"]["m"]["missing=0"] == pytest.approx(0.05)
+    # The units the claim is judged on: one drop per (dataset, seed), their mean the dataset-averaged drop.
+    units = verdicts.check_unit_sets(metrics["units"])[study.DROP_UNITS]
+    assert units["unit"] == "dataset/seed" and units["ids"] == ["A/seed=0", "A/seed=1", "B/seed=0", "B/seed=1"]
+    assert units["values"]["m"] == pytest.approx([0.2, 0.16, 0.0, 0.0])
+    assert np.mean(units["values"]["m"]) == pytest.approx(metrics["drop_0_to_50"]["m"])
+    assert "units" not in study.summarise(accuracy, datasets, [0.0], models, seeds)  # no 50%: no drop
+
+
+def test_the_cells_as_members_train_as_each_cell_alone(tiny_run, tmp_path):
+    """Three cells of BasicMotions (two rates, two seeds) trained as members of one vmapped program, and each trained
+    alone: the same keys, data order, Brownian motions and evaluation, so the first epoch's training losses agree to
+    float rounding; later, Adam turns the rounding in the gradients of parameters whose gradient is near zero into
+    steps of the learning rate's size (seen on the bias before the head's BatchNorm), so every loss agrees within
+    0.5%, and the records' epoch counts are equal (no early stop: 3 epochs)."""
+    from robust_jax.sde.training import member_training, train_members
+
+    config, _, _ = tiny_run
+    cells = [(0.0, 0), (0.5, 0), (0.5, 1)]
+    datas = [prepare_timeseries("BasicMotions", rate, seed) for rate, seed in cells]
+    model = study.build_model(config, "lsde", datas[0].num_classes)
+    protocol = Protocol(epochs=3, patience=100, early_stopping_start=100, learning_rate=config.learning_rate,
+                        eval_batch_size=config.eval_batch_size, checkpoint_every_epochs=3)
+    records = train_members(member_training("members", model, datas, protocol, [s for _, s in cells]),
+                            str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "members" / "metrics.jsonl")]
+    for m, ((rate, seed), data) in enumerate(zip(cells, datas)):
+        alone = train_cell(cell_training(f"alone{m}", model, data, protocol, seed), str(tmp_path))
+        alone_rows = [json.loads(line) for line in open(tmp_path / f"alone{m}" / "metrics.jsonl")]
+        assert [row["step"] for row in alone_rows] == [row["step"] for row in rows]
+        np.testing.assert_allclose(rows[0]["loss"][m], alone_rows[0]["loss"], rtol=2e-5)
+        for name in ("loss", "valid_loss"):  # (an accuracy on 12 test series can flip a series)
+            np.testing.assert_allclose([row[name][m] for row in rows], [row[name] for row in alone_rows], rtol=5e-3)
+        assert records[m]["epochs_run"] == alone["epochs_run"] == 3
+
+
+def test_selection_by_validation_loss_is_the_references():
+    """The reference keeps the epoch of the strictly lowest validation loss (the earliest of equal ones); a finite
+    loss beats a non-finite best. The accuracy rule breaks accuracy ties by the lower loss."""
+    from robust_jax.sde.training import selection_rule
+
+    by_loss, by_accuracy = selection_rule("valid_loss"), selection_rule("valid_accuracy")
+    best = {"valid_loss": 0.5, "valid_accuracy": 0.7}
+    assert by_loss({"valid_loss": 0.4, "valid_accuracy": 0.1}, best)
+    assert not by_loss({"valid_loss": 0.5, "valid_accuracy": 0.9}, best)  # a tie keeps the earlier epoch
+    assert not by_loss({"valid_loss": float("nan"), "valid_accuracy": 0.9}, best)
+    assert by_loss({"valid_loss": 3.0, "valid_accuracy": 0.1}, {"valid_loss": float("nan"), "valid_accuracy": 0.0})
+    assert by_accuracy({"valid_loss": 0.9, "valid_accuracy": 0.8}, best)
+    assert by_accuracy({"valid_loss": 0.4, "valid_accuracy": 0.7}, best)
+    assert not by_accuracy({"valid_loss": 0.6, "valid_accuracy": 0.7}, best)
+    with pytest.raises(ValueError, match="selection='best'"):
+        selection_rule("best")

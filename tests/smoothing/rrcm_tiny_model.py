@@ -2,7 +2,7 @@
 
 import jax
 
-from robust_jax.smoothing.rrcm_model import rrcm_net
+from robust_jax.smoothing.methods.rrcm.model import rrcm_net
 
 IMAGE_SHAPE = (8, 8, 1)
 

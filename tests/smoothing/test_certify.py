@@ -156,7 +156,7 @@ def test_many_images_compile_once(key):
     for trial, (distance, sigma, n0, n) in enumerate([(0.1, 0.25, 10, 300), (-0.3, 0.5, 100, 1000), (0.5, 1.0, 7, 77)]):
         certify(fresh_apply_fn, params, point_at_distance(params, distance), sigma=sigma, n0=n0, n=n,
                 alpha=0.01, batch_size=100, key=jax.random.fold_in(key, trial))
-    assert counting_step(fresh_apply_fn, make_data_mesh(), 100)._cache_size() == 1
+    assert counting_step(fresh_apply_fn, make_data_mesh(), 100)._cache_size() == 1  # one jitted program on 8 devices
 
 
 def _never_called(params, inputs):

@@ -10,10 +10,10 @@ import optax
 import pytest
 
 from robust_jax.smoothing.comparison import comparison_table, markdown_comparison, write_comparison
-from robust_jax.smoothing.denoised_method import denoiser_shapes, load_denoiser, save_denoiser
+from robust_jax.smoothing.methods.denoised.method import denoiser_shapes, load_denoiser, save_denoiser
 from robust_jax.smoothing.inference_cost import flops_per_sample, seconds_per_sample
 from robust_jax.smoothing.report import CertificationResults
-from robust_jax.smoothing.rrcm_method import finetune_optimizer, layer_index
+from robust_jax.smoothing.methods.rrcm.method import finetune_optimizer, layer_index
 
 RADII = (0.0, 0.25, 0.5, 1.0)
 
@@ -72,7 +72,7 @@ def test_layer_wise_decay_scales_each_layer_by_its_depth_from_the_head():
                            "ln_final": {"scale": jnp.zeros(2)}, "head": {"kernel": jnp.zeros(2)}}}
     block = type("Block", (), {})()
     block.finetune_learning_rate, block.finetune_steps, block.finetune_weight_decay = rate, 10, 0.0
-    block.layer_decay = decay
+    block.layer_decay, block.finetune_warmup_steps, block.finetune_head = decay, 0, "trained"
     optimizer = finetune_optimizer(block, depth)
     gradients = jax.tree.map(jnp.ones_like, params)
     updates, _ = optimizer.update(gradients, optimizer.init(params), params)
@@ -86,6 +86,22 @@ def test_layer_wise_decay_scales_each_layer_by_its_depth_from_the_head():
         assert layer_index(path, depth) == layer
         np.testing.assert_allclose(update, decay ** (depth + 1 - layer) * -rate * np.ones(2), rtol=1e-5)
     assert jax.tree.structure(plain) == jax.tree.structure(updates)
+
+
+def test_frozen_head_and_warm_up_of_the_fine_tuning_optimizer():
+    """A frozen head gets no update; the others move by the warm-up's rate: 0 at step 0, peak/4 at step 1 of 4."""
+    params = {"backbone": {"block_0": {"kernel": jnp.zeros(2)}, "head": {"kernel": jnp.zeros(2)}}}
+    block = type("Block", (), {})()
+    block.finetune_learning_rate, block.finetune_steps, block.finetune_weight_decay = 0.1, 20, 0.0
+    block.layer_decay, block.finetune_warmup_steps, block.finetune_head = 1.0, 4, "frozen"
+    optimizer = finetune_optimizer(block, 1)
+    gradients = jax.tree.map(jnp.ones_like, params)
+    state = optimizer.init(params)
+    first, state = optimizer.update(gradients, state, params)
+    second, _ = optimizer.update(gradients, state, params)
+    np.testing.assert_array_equal(first["backbone"]["block_0"]["kernel"], 0.0)
+    np.testing.assert_allclose(second["backbone"]["block_0"]["kernel"], -0.1 / 4, rtol=1e-4)  # Adam eps aside
+    np.testing.assert_array_equal(second["backbone"]["head"]["kernel"], 0.0)
 
 
 def test_denoiser_file_round_trip(tmp_path):

@@ -1,4 +1,4 @@
-"""robust_jax/smoothing/contrastive.py: InfoNCE against a direct numpy computation (also on a batch sharded over 8
+"""robust_jax/smoothing/methods/rrcm/contrastive.py: InfoNCE against a direct numpy computation (also on a batch sharded over 8
 devices, where the negatives must come from the whole global batch), the EMA-rate schedule's end points,
 monotonicity and documented formula, and the EMA update."""
 
@@ -11,7 +11,13 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from robust_jax.core.mesh import make_data_mesh
-from robust_jax.smoothing.contrastive import EmaRateSchedule, ema_update, info_nce, symmetric_info_nce
+from robust_jax.smoothing.methods.rrcm.contrastive import (
+    EmaRateSchedule,
+    ema_update,
+    info_nce,
+    symmetric_info_nce,
+    tied_ema_end,
+)
 
 
 def _info_nce_numpy(queries, keys, temperature):
@@ -53,7 +59,8 @@ def test_info_nce_on_a_sharded_batch_uses_global_negatives(key):
 
 def test_symmetric_info_nce_matches_numpy(key):
     online_1, online_2, target_1, target_2 = jax.random.normal(key, (4, 6, 3))
-    expected = 0.5 * (_info_nce_numpy(online_1, target_2, 0.2) + _info_nce_numpy(online_2, target_1, 0.2))
+    # summed over the two directions, as the official code sums them
+    expected = _info_nce_numpy(online_1, target_2, 0.2) + _info_nce_numpy(online_2, target_1, 0.2)
     np.testing.assert_allclose(symmetric_info_nce(online_1, online_2, target_1, target_2), expected, rtol=1e-5)
     # No gradient flows into the targets.
     grad_target = jax.grad(lambda t: symmetric_info_nce(online_1, online_2, t, target_2))(target_1)
@@ -65,26 +72,41 @@ def test_info_nce_shape_mismatch_is_an_error():
         info_nce(jnp.zeros((4, 3)), jnp.zeros((5, 3)))
 
 
-def test_ema_rate_end_points_and_monotonicity():
-    schedule = EmaRateSchedule(total_steps=1000)
-    assert abs(float(schedule(0)) - 0.99) < 1e-4
-    assert abs(float(schedule(1000)) - 0.9999) < 1e-4
-    assert abs(float(schedule(5000)) - 0.9999) < 1e-4
-    rates = np.asarray(jax.jit(schedule)(jnp.arange(1001)), np.float64)
-    assert np.all(np.diff(rates) >= -1e-7)  # float32 rounding near 1 aside, never decreasing
-    assert rates[250] < rates[500] < rates[750]
+def _official_ema_rate(k, total, start, end, shape):
+    """The official code's EMA rate (rRCM, utils.py), in float64."""
+    m = math.sqrt(k / total * (end ** 2 - start ** 2) + start ** 2) if k < total else end
+    c = 2 / (1 + math.exp(-shape * (m - start) / (end - start))) - 1
+    return c * end + (1 - c) * start
 
 
-def test_ema_rate_follows_the_documented_sigmoid():
-    schedule = EmaRateSchedule(total_steps=200, start=0.9, end=0.99, steepness=8.0)
+@pytest.mark.parametrize(("total", "start", "end", "shape"), [(300_000, 0.99, 0.9999, 15.0),
+                                                             (1500, 0.99, 0.999, 15.0), (200, 0.9, 0.99, 10.0)])
+def test_ema_rate_is_the_official_schedule(total, start, end, shape):
+    schedule = EmaRateSchedule(total_steps=total, start=start, end=end, shape=shape)
+    steps = np.unique(np.linspace(0, 2 * total, 401).astype(int))
+    ours = np.asarray(jax.jit(schedule)(jnp.asarray(steps)), np.float64)
+    np.testing.assert_allclose(ours, [_official_ema_rate(int(k), total, start, end, shape) for k in steps],
+                               atol=2e-6)
+    assert float(schedule(0)) == pytest.approx(start, abs=1e-7)
+    # c(D) = tanh(A / 2), not 1: the end rate is reached up to (1 - tanh(A / 2)) of the way
+    assert abs(float(schedule(total)) - end) <= (1 - math.tanh(shape / 2)) * (end - start) + 1e-7
+    assert np.all(np.diff(ours) >= -1e-6)  # float32 rounding near 1 aside, never decreasing
 
-    def sigmoid(z):
-        return 1 / (1 + math.exp(-z))
 
-    for step in (0, 37, 100, 163, 200):
-        rising = (sigmoid(8.0 * (step / 200 - 0.5)) - sigmoid(-4.0)) / (sigmoid(4.0) - sigmoid(-4.0))
-        assert float(schedule(step)) == pytest.approx(0.9 + 0.09 * rising, abs=1e-6)
-    assert float(schedule(100)) == pytest.approx(0.945, abs=1e-6)  # half-way by symmetry
+def test_ema_rate_saturates_by_a_quarter_of_the_run_at_shape_15():
+    schedule = EmaRateSchedule(total_steps=1000, start=0.99, end=0.9999, shape=15.0)
+    assert (float(schedule(250)) - 0.99) / (0.9999 - 0.99) > 0.95
+    assert (float(schedule(50)) - 0.99) / (0.9999 - 0.99) < 0.4
+
+
+def test_tied_end_rate_has_the_official_horizon():
+    assert tied_ema_end(300_000, 1 / 30, 0.99) == pytest.approx(0.9999, abs=1e-12)
+    assert tied_ema_end(30_000, 1 / 30, 0.99) == pytest.approx(0.999, abs=1e-12)
+    assert tied_ema_end(1500, 1 / 30, 0.99) == 0.99  # a 50-step horizon is shorter than the start rate's 100
+    with pytest.raises(ValueError, match="horizon"):
+        tied_ema_end(100, 0.0, 0.99)
+    flat = EmaRateSchedule(total_steps=10, start=0.99, end=0.99)
+    assert float(flat(0)) == float(flat(7)) == pytest.approx(0.99)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

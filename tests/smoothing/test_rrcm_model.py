@@ -1,4 +1,4 @@
-"""robust_jax/smoothing/rrcm_model.py: the level token's sinusoidal embedding against numpy, the network's wiring
+"""robust_jax/smoothing/methods/rrcm/model.py: the level token's sinusoidal embedding against numpy, the network's wiring
 (c_in scaling and level token after CLS) against the plain ViT fed by hand, dependence on sigma, shapes, errors, and
 loading pretrained parameters into a fine-tuning model."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from robust_jax.models.vit import ViT
-from robust_jax.smoothing.rrcm_model import RRCMNet, level_embedding, load_pretrained, rrcm_net
+from robust_jax.smoothing.methods.rrcm.model import RRCMNet, level_embedding, load_pretrained, rrcm_net
 
 from .rrcm_tiny_model import IMAGE_SHAPE, init_key, tiny_rrcm_net
 

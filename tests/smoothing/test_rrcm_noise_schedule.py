@@ -1,4 +1,4 @@
-"""robust_jax/smoothing/noise_schedule.py: Karras levels against the formula evaluated in plain Python, the
+"""robust_jax/smoothing/methods/rrcm/noise_schedule.py: Karras levels against the formula evaluated in plain Python, the
 discretisation curriculum's N at hand-computed steps, the level sampler's support, and the certification levels."""
 
 import math
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from robust_jax.smoothing.noise_schedule import (
+from robust_jax.smoothing.methods.rrcm.noise_schedule import (
     DiscretisationCurriculum,
     input_scale,
     karras_levels,
@@ -41,14 +41,37 @@ def test_input_scale_is_one_over_root_of_sigma_squared_plus_a_quarter():
 
 
 def test_curriculum_levels_at_given_steps():
-    # K = 1000: K' = floor(1000 / log2(5)) = floor(430.68) = 430.
+    # K = 1000: K' = ceil(1000 / log2(ceil(80 / 20) + 1)) = ceil(430.68) = 431; N = 21 at step 0 only (ceil(0) = 0).
     curriculum = DiscretisationCurriculum(total_steps=1000)
-    assert curriculum.stage_length == 430
-    assert curriculum.boundaries == (430, 860)
-    expected = {0: 21, 1: 21, 429: 21, 430: 41, 859: 41, 860: 81, 999: 81, 5000: 81}
+    assert curriculum.stage_length == 431
+    assert curriculum.boundaries == (1, 432)
+    expected = {0: 21, 1: 41, 430: 41, 431: 41, 432: 81, 999: 81, 5000: 81}
     assert {step: curriculum.num_levels(step) for step in expected} == expected
     traced = jax.jit(curriculum.num_levels)(jnp.asarray(list(expected), jnp.int32))
     np.testing.assert_array_equal(traced, list(expected.values()))
+    # the cpu preset's 1,500 steps: K' = 647, so 81 levels on the last 852 steps (57%)
+    cpu = DiscretisationCurriculum(total_steps=1500)
+    assert cpu.stage_length == 647 and sum(cpu.num_levels(k) == 81 for k in range(1500)) == 852
+
+
+def _official_num_levels(k, total_steps, s0, s1):
+    """The official code's rule (rRCM, utils.py): K' = ceil(K / log2(ceil(s1 / s0) + 1)), N = min(s0 * 2^ceil(k / K'),
+    s1) + 1, with s0 + 1 and s1 + 1 the start and end level counts."""
+    stage = math.ceil(total_steps / math.log2(math.ceil(s1 / s0) + 1))
+    return min(s0 * 2 ** math.ceil(k / stage), s1) + 1
+
+
+@pytest.mark.parametrize(("total_steps", "start", "end"), [(1500, 21, 81), (300_000, 21, 81), (37, 11, 81),
+                                                           (10, 3, 5), (7, 21, 41)])
+def test_curriculum_is_the_official_rule_at_every_step(total_steps, start, end):
+    curriculum = DiscretisationCurriculum(total_steps, start, end)
+    steps = range(total_steps) if total_steps < 5000 else range(0, total_steps, 97)
+    ours = [curriculum.num_levels(k) for k in steps]
+    assert ours == [_official_num_levels(k, total_steps, start - 1, end - 1) for k in steps]
+    traced = jax.jit(curriculum.num_levels)(jnp.asarray(list(steps), jnp.int32))
+    np.testing.assert_array_equal(traced, ours)
+    changes = [k for k in range(1, total_steps) if curriculum.num_levels(k) != curriculum.num_levels(k - 1)]
+    assert changes == [b for b in curriculum.boundaries if b < total_steps]
 
 
 def test_curriculum_with_equal_start_and_end_never_changes():

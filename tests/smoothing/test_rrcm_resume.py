@@ -1,8 +1,8 @@
 """Resumption of the rRCM parts after SIGKILL: certification of the smoothed rRCM classifier through
-certify_dataset (the rerun's TSV equals an uninterrupted run's), and rRCM pretraining through experiments.main
-(the resumed run's parameters and results are bitwise those of an uninterrupted run)."""
+certify_dataset (the rerun's TSV equals an uninterrupted run's), and the trainings of the rRCM and denoised methods
+through experiments.main, killed inside the rRCM pretraining, its fine-tuning and the denoised clean classifier (every
+training's state, logged losses and results equal an uninterrupted run's, bit for bit: tests/sigkill.py)."""
 
-import json
 import os
 import pathlib
 import signal
@@ -11,10 +11,10 @@ import sys
 import time
 
 import jax
-import numpy as np
 import pytest
 
 from robust_jax.smoothing import certification_path, certify_dataset, read_certification_log
+from tests import sigkill
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SETTINGS = dict(sigma=0.25, n0=16, n=128, alpha=0.01, batch_size=64, every=60, show_progress=False)
@@ -26,7 +26,7 @@ def rrcm_classifier():
     import jax.numpy as jnp
 
     from robust_jax.data.digits import load_digits_splits
-    from robust_jax.smoothing.rrcm_apply import rrcm_apply_fn
+    from robust_jax.smoothing.methods.rrcm.apply import rrcm_apply_fn
     from tests.smoothing.rrcm_tiny_model import IMAGE_SHAPE, init_key, tiny_rrcm_net
 
     model = tiny_rrcm_net(num_classes=10)
@@ -94,58 +94,39 @@ def test_sigkill_during_rrcm_certification_then_rerun_gives_the_uninterrupted_ts
     assert len({line.split("\t")[2] for line in resumed[1:]}) > 1
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
-
-
 ARGS = ["--config=rrcm:tiny", "--config.methods=('rrcm',)", "--config.sigmas=(0.5,)",
         "--config.rrcm.pretrain_steps=30", "--config.checkpoint_every=5", "--config.certify_every=120"]
 
 
-def _command(workdir):
-    return [sys.executable, "-m", "experiments.main", *ARGS, f"--workdir={workdir}"]
-
-
-def _run(workdir):
-    result = subprocess.run(_command(workdir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((workdir / "results.json").read_text())
-
-
-def _pretrained(workdir):
-    from robust_jax.configs import rrcm
-    from robust_jax.core.train import restore_latest_state
-    from robust_jax.smoothing import rrcm_method
-    from robust_jax.smoothing.rrcm_losses import make_pretrain_init_fn
-
-    block = rrcm.get_config("tiny").rrcm
-    block.pretrain_steps = 30
-    network = rrcm_method.build_network(block, 0, (8, 8, 1))
-    state = restore_latest_state(str(workdir / "rrcm" / "pretrain"), make_pretrain_init_fn(network, (8, 8, 1)),
-                                 rrcm_method.pretrain_optimizer(block))
-    return jax.device_get((state.params, state.model_state, state.opt_state))
+@pytest.mark.slow
+def test_sigkill_mid_pretraining_then_rerun_is_bitwise_identical(tmp_path):
+    """Killed inside the pretraining, run again: every training (pretraining and fine-tuning) ends in the state of a
+    run never killed, bit for bit, with the same logged losses and results."""
+    args = ARGS
+    sigkill.run(args, tmp_path / "whole")
+    sigkill.kill_inside(args, tmp_path / "killed", "rrcm/pretrain", first=5, last=30)
+    sigkill.run(args, tmp_path / "killed")
+    trainings = sigkill.compare_runs(_config(), tmp_path / "whole", tmp_path / "killed")
+    assert trainings == ["rrcm/pretrain", "rrcm/sigma=0.5"]
 
 
 @pytest.mark.slow
-def test_sigkill_mid_pretraining_then_rerun_is_bitwise_identical(tmp_path):
-    whole = _run(tmp_path / "whole")
-    killed = tmp_path / "killed"
-    checkpoints = killed / "rrcm" / "pretrain" / "checkpoints"
-    process = subprocess.Popen(_command(killed), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    while time.time() < deadline and process.poll() is None:
-        steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
-        if any(5 <= step < 30 for step in steps):
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "results.json").exists(), "the run finished before it could be killed"
-    assert not (killed / "rrcm" / "pretrain" / "checkpoints" / "30").exists()
-    resumed = _run(killed)
-    assert resumed["metrics"] == whole["metrics"]
-    for a, b in zip(jax.tree.leaves(_pretrained(tmp_path / "whole")), jax.tree.leaves(_pretrained(killed))):
-        np.testing.assert_array_equal(a, b)
-    history = [json.loads(line)["step"] for line in open(killed / "rrcm" / "pretrain" / "metrics.jsonl")]
-    assert history == sorted(set(history)) and history[-1] == 30
+def test_sigkill_mid_fine_tuning_and_mid_denoised_stages_then_rerun_is_bitwise_identical(tmp_path):
+    """The same for a kill inside the rRCM fine-tuning, and one inside the denoised method's clean classifier."""
+    args = [ARGS[0], "--config.methods=('denoised','denoised_finetuned','rrcm')", "--config.rrcm.finetune_steps=40",
+            "--config.denoised.classifier_steps=40", *ARGS[2:]]
+    sigkill.run(args, tmp_path / "whole")
+    sigkill.kill_inside(args, tmp_path / "killed", "rrcm/sigma=0.5", first=5, last=40)
+    sigkill.run(args, tmp_path / "killed")
+    sigkill.compare_runs(_config(args), tmp_path / "whole", tmp_path / "killed")
+    sigkill.kill_inside(args, tmp_path / "killed_denoised", "denoised/classifier", first=5, last=40)
+    sigkill.run(args, tmp_path / "killed_denoised")
+    trainings = sigkill.compare_runs(_config(args), tmp_path / "whole", tmp_path / "killed_denoised")
+    assert trainings == ["denoised/denoiser", "denoised/classifier", "denoised_finetuned/sigma=0.5",
+                         "rrcm/pretrain", "rrcm/sigma=0.5"]
+
+
+def _config(args=ARGS):
+    from robust_jax.core.config_loading import load_config
+
+    return load_config("rrcm:tiny", [tuple(arg[len("--config."):].split("=", 1)) for arg in args[1:]])

@@ -11,11 +11,12 @@ import pytest
 
 from robust_jax.configs import rrcm
 from robust_jax.core.run import run_study
-from robust_jax.smoothing import rrcm_method
-from robust_jax.smoothing.denoised_method import TinyUNet, make_denoiser_init_fn
+from robust_jax.smoothing.methods.rrcm import method as rrcm_method
+from robust_jax.smoothing.methods.denoised.method import TinyUNet, make_denoiser_init_fn
 from robust_jax.smoothing.inference_cost import flops_per_sample
+from tests.requirements import require
 
-METHODS = ["gaussian", "gaussian_consistency", "denoised", "rrcm"]
+METHODS = ["gaussian", "gaussian_consistency", "denoised", "denoised_finetuned", "rrcm", "rrcm_scratch"]
 
 
 def _recount(tsv_path, radius):
@@ -59,6 +60,12 @@ def test_tiny_preset_certifies_every_method_on_one_path_and_resumes(tmp_path, on
     denoiser_flops = flops_per_sample(lambda p, x: denoiser.apply({"params": p}, x, np.zeros(len(x), np.int32)),
                                       denoiser_params, (8, 8, 1), config.certify_batch_size)
     assert flops["denoised"] == pytest.approx(denoiser_flops + flops["gaussian"], rel=0.02)
+    assert flops["denoised_finetuned"] == flops["denoised"] and flops["rrcm_scratch"] == flops["rrcm"]
+    # denoised_finetuned reuses the denoised method's denoiser and clean classifier; rrcm_scratch has no pretraining
+    trainings = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.glob("**/checkpoints"))
+    assert trainings == ["denoised/classifier", "denoised/denoiser", "denoised_finetuned/sigma=0.5",
+                         "gaussian/sigma=0.5", "gaussian_consistency/sigma=0.5", "rrcm/pretrain", "rrcm/sigma=0.5",
+                         "rrcm_scratch/sigma=0.5"]
 
     with open(tmp_path / "certified_accuracy.csv") as file:
         csv_rows = list(csv.DictReader(file))
@@ -88,7 +95,7 @@ def _vit_parameter_count(width, depth, mlp, patch, channels, tokens, level_dim, 
 def test_cifar10_preset_builds_vit_b4_with_the_closed_form_parameter_count():
     config = rrcm.get_config("cifar10")
     network = rrcm_method.build_network(config.rrcm, 0, (32, 32, 3))
-    from robust_jax.smoothing.rrcm_losses import make_pretrain_init_fn
+    from robust_jax.smoothing.methods.rrcm.losses import make_pretrain_init_fn
 
     params, model_state = jax.eval_shape(make_pretrain_init_fn(network, (32, 32, 3)), jax.random.key(0))
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
@@ -106,14 +113,14 @@ def test_cifar10_preset_pretrains_and_fine_tunes_on_mock_tfds(tmp_path, one_devi
     decay, certification of every k-th test image): two pretraining and two fine-tuning steps at batch 8. The
     encoder keeps the preset's width, heads, MLP and patches but one block instead of 12, so that a CPU runs it in
     seconds."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = require("tensorflow_datasets")
     config = rrcm.get_config("cifar10")
     config.methods = ("rrcm",)
     config.sigmas = (0.25,)
     config.radii = (0.0, 0.25)
     config.rrcm.depth = 1
     config.rrcm.update(pretrain_steps=2, pretrain_batch_size=8, pretrain_warmup_steps=1, finetune_steps=2,
-                       finetune_batch_size=8)
+                       finetune_warmup_steps=1, finetune_batch_size=8)
     config.eval_batch_size = 8
     config.checkpoint_every = 2
     config.log_every = 1

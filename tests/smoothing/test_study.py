@@ -2,10 +2,15 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from robust_jax.configs import smoothing
+from robust_jax.core import verdicts
 from robust_jax.core.run import run_study
+from robust_jax.smoothing import study
+from robust_jax.smoothing.report import CertificationResults
+from tests.requirements import require
 
 
 @pytest.mark.slow
@@ -27,16 +32,41 @@ def test_tiny_study_reports_every_sigma_and_radius(tmp_path):
                  "gaussian_consistency/certify_sigma0.25.tsv"):
         assert (tmp_path / name).exists()
     assert results["metrics"]["inference_flops_per_sample"]["gaussian_consistency"] > 0
+    # The per-image units agree with the certified accuracy: the fraction of images certified at radius >= r.
+    units = verdicts.check_unit_sets(results["metrics"]["units"])
+    assert set(units) == {study.unit_set_name(s) for s in config.sigmas}
+    for sigma in config.sigmas:
+        unit_set = units[study.unit_set_name(sigma)]
+        count = results["metrics"]["certified_examples"]
+        assert unit_set["ids"] == [str(k * config.certify_every) for k in range(count)]
+        radii = np.asarray(unit_set["values"]["gaussian_consistency"])
+        for r in config.radii:
+            assert np.mean(radii >= r) == pytest.approx(certified[f"sigma={sigma:g}"][f"r={r:g}"])
     # A second run in the same workdir resumes everything and reports the same numbers.
     again = run_study(config, str(tmp_path))
     assert again["metrics"] == json.loads((tmp_path / "results.json").read_text())["metrics"] == results["metrics"]
+
+
+def test_paired_units_per_certified_image():
+    # Three images: right with radius 0.4, abstained (-1, radius 0), wrong with radius 0.9.
+    at_25 = CertificationResults(labels=[1, 2, 3], predictions=[1, -1, 4], radii=[0.4, 0.0, 0.9])
+    other = CertificationResults(labels=[1, 2, 3], predictions=[1, 2, 3], radii=[0.1, 0.2, 0.3])
+    units = study.paired_units({"a": {0.25: at_25, 0.5: other}, "b": {0.25: other}}, certify_every=3)
+    assert verdicts.check_unit_sets(units) is units
+    assert units["certified_radius/sigma=0.25"] == {
+        "unit": "certified test image", "ids": ["0", "3", "6"],
+        "values": {"a": [0.4, -1.0, -1.0], "b": [0.1, 0.2, 0.3]}}
+    assert units["certified_radius/sigma=0.5"]["values"] == {"a": [0.1, 0.2, 0.3]}
+    short = CertificationResults(labels=[1], predictions=[1], radii=[0.1])
+    with pytest.raises(ValueError, match="different numbers of images at sigma=0.25"):
+        study.paired_units({"a": {0.25: at_25}, "b": {0.25: short}}, certify_every=3)
 
 
 @pytest.mark.slow
 def test_cifar10_preset_runs_on_mock_tfds_with_folded_resnet(tmp_path, one_device):
     """The cifar10 preset's path (tfds + grain training stream, ResNet with BatchNorm, SGD step schedule, certification
     of every k-th test image through the folded network), shrunk to seconds on tfds's mock data."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    tfds = require("tensorflow_datasets")
     config = smoothing.get_config("cifar10")
     config.model = "resnet20"
     config.sigmas = (0.25,)

@@ -17,7 +17,7 @@ def _linear_apply(params, model_state, images):
 def test_plain_noise_loss_is_cross_entropy_on_one_noisy_copy(key):
     params = jax.random.normal(key, (6, 4))
     batch = {"image": jax.random.uniform(jax.random.fold_in(key, 1), (5, 6)), "label": jnp.array([0, 1, 2, 3, 0])}
-    loss, (metrics, _) = make_noise_loss_fn(_linear_apply, sigma=0.3)(params, {}, batch, jax.random.fold_in(key, 2))
+    loss, (metrics, _) = make_noise_loss_fn(_linear_apply, sigma=0.3)(params, {}, batch, jax.random.fold_in(key, 2), 0, {})
     noisy = noisy_copies(jax.random.split(jax.random.fold_in(key, 2))[1], batch["image"], 0.3, 1)[0]
     expected = optax.softmax_cross_entropy_with_integer_labels(noisy @ params, batch["label"]).mean()
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
@@ -30,7 +30,7 @@ def test_consistency_terms_match_numpy(key):
     labels = np.array([0, 1, 2, 3, 0])
     step_key = jax.random.fold_in(key, 2)
     loss_fn = make_noise_loss_fn(_linear_apply, sigma=0.5, consistency_lambda=10.0, consistency_eta=0.5, copies=3)
-    loss, (metrics, _) = loss_fn(jnp.asarray(params), {}, {"image": images, "label": labels}, step_key)
+    loss, (metrics, _) = loss_fn(jnp.asarray(params), {}, {"image": images, "label": labels}, step_key, 0, {})
 
     noisy = np.asarray(noisy_copies(jax.random.split(step_key)[1], jnp.asarray(images), 0.5, 3), np.float64)
     logits = noisy @ params  # (3, 5, 4)

@@ -10,10 +10,11 @@ with sigma_max = 80, sigma_min = 0.002, rho = 7, so sigma_0 = sigma_max and sigm
 Pretraining draws one index i uniformly from {0, .., N - 2} per batch and pairs sigma_i with the next, smaller level
 sigma_{i+1}.
 
-Discretisation curriculum (`DiscretisationCurriculum`): with s0 = start_levels - 1 and s1 = end_levels - 1 intervals,
-    N(step) = min(s0 * 2^floor(step / K'), s1) + 1,   K' = max(1, floor(total_steps / log2(s1 / s0 + 1))).
-For the rRCM defaults (21 -> 81 levels, s1 / s0 = 4) K' = floor(K / log2(5)) ~ 0.43 K: N = 21 on [0, K'),
-41 on [K', 2 K') and 81 from 2 K' (~ 0.86 K) on. `boundaries` lists the steps where N changes.
+Discretisation curriculum (`DiscretisationCurriculum`), as the official code rounds it (up): with s0 = start_levels
+- 1 and s1 = end_levels - 1 intervals,
+    N(step) = min(s0 * 2^ceil(step / K'), s1) + 1,   K' = ceil(total_steps / log2(ceil(s1 / s0) + 1)).
+For the rRCM defaults (21 -> 81 levels, s1 / s0 = 4) K' = ceil(K / log2(5)) ~ 0.43 K: N = 21 at step 0 only, 41 on
+[1, K'] and 81 from K' + 1 (~ 57% of the steps) on. `boundaries` lists the steps where N changes.
 """
 
 from __future__ import annotations
@@ -121,9 +122,9 @@ class DiscretisationCurriculum:
 
     @property
     def stage_length(self) -> int:
-        """K' = max(1, floor(total_steps / log2(s1 / s0 + 1))): steps between doublings of the interval count."""
-        ratio = (self.end_levels - 1) / (self.start_levels - 1)
-        return max(1, math.floor(self.total_steps / math.log2(ratio + 1.0)))
+        """K' = ceil(total_steps / log2(ceil(s1 / s0) + 1)): steps between doublings of the interval count."""
+        ratio = math.ceil((self.end_levels - 1) / (self.start_levels - 1))
+        return max(1, math.ceil(self.total_steps / math.log2(ratio + 1.0)))
 
     @property
     def _max_doublings(self) -> int:
@@ -131,8 +132,9 @@ class DiscretisationCurriculum:
 
     @property
     def boundaries(self) -> tuple[int, ...]:
-        """Steps at which N changes (N(b - 1) < N(b)); those at or beyond total_steps are never reached in training."""
-        return tuple(k * self.stage_length for k in range(1, self._max_doublings + 1))
+        """Steps at which N changes (N(b - 1) < N(b)): 1, K' + 1, 2 K' + 1, ...; those at or beyond total_steps are
+        never reached in training."""
+        return tuple((k - 1) * self.stage_length + 1 for k in range(1, self._max_doublings + 1))
 
     def num_levels(self, step):
         """N at `step`: a Python int for an int step, an int32 array for a traced one."""
@@ -140,7 +142,8 @@ class DiscretisationCurriculum:
         if isinstance(step, numbers.Integral) and not isinstance(step, bool):
             if step < 0:
                 raise ValueError(f"step must be >= 0, got {step!r}")
-            doublings = min(step // self.stage_length, self._max_doublings)
+            doublings = min(-(-step // self.stage_length), self._max_doublings)
             return min(s0 * 2 ** doublings, s1) + 1
-        doublings = jnp.minimum(jnp.asarray(step, jnp.int32) // self.stage_length, self._max_doublings)
+        step = jnp.asarray(step, jnp.int32)
+        doublings = jnp.minimum((step + self.stage_length - 1) // self.stage_length, self._max_doublings)
         return jnp.minimum(s0 * 2 ** doublings, s1).astype(jnp.int32) + 1

@@ -1,16 +1,16 @@
-"""The "denoised" method, diffusion-denoised smoothing (Carlini et al. 2023): a DDPM denoiser (denoiser.TinyUNet,
-linear betas) trained on the training images, a classifier of config.model trained on clean images, and optionally
-(finetune_steps > 0) that classifier fine-tuned per sigma on one-step-denoised noisy images (the frozen denoiser is
-passed to the step as core.train `constants`). Certified through denoiser.denoised_apply_fn: per noise sample one
-denoiser call at the timestep matching sigma, then the classifier.
+"""The "denoised" method, diffusion-denoised smoothing as Carlini et al. (2023) have it: a DDPM denoiser
+(denoiser.TinyUNet, linear betas) trained on the training images and a classifier of config.model trained on clean
+images, used as they are; and "denoised_finetuned": that classifier fine-tuned per sigma on one-step-denoised noisy
+images (finetune_steps; the frozen denoiser is passed to the step as core.train `constants`). Certified through
+denoiser.denoised_apply_fn: per noise sample one denoiser call at the timestep matching sigma, then the classifier.
 
 Settings: config.denoised (configs/smoothing.py `denoised_block`). The trained denoiser is also written as
 `denoiser.safetensors` in the method's folder ("/"-joined parameter paths, float32), which another run can load
 through config.denoised.denoiser_checkpoint instead of training its own; its shapes are checked against the config's
 denoiser before any work starts.
 
-Workdir (the method's folder): `denoiser/` (unless loaded), `denoiser.safetensors`, `classifier/` (clean training),
-`sigma=<s>/` per sigma when fine-tuning.
+Trainings: `denoised/denoiser/` (unless loaded) and `denoised/classifier/` (clean training), shared by both methods;
+`denoised_finetuned/sigma=<s>/` per sigma; `denoiser.safetensors` in each method's folder.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.core.config import loop_config
-from robust_jax.core.train import restore_latest_state, train
-from robust_jax.smoothing.classifiers import CertifiableClassifier, build_classifier, make_optimizer
-from robust_jax.smoothing.denoiser import (
+from robust_jax.core.train import Training, flax_variables
+from robust_jax.smoothing.classifiers import CertifiableClassifier, build_classifier, make_optimizer, sigma_name
+from robust_jax.smoothing.methods.denoised.denoiser import (
     TinyUNet,
     alphas_cumprod_from,
     denoised_apply_fn,
@@ -44,10 +43,6 @@ from robust_jax.smoothing.training import make_noise_loss_fn
 DENOISER_DIR = "denoiser"
 CLASSIFIER_DIR = "classifier"
 DENOISER_FILE = "denoiser.safetensors"
-
-
-def sigma_name(sigma: float) -> str:
-    return f"sigma={sigma:g}"
 
 
 def alphas_cumprod() -> np.ndarray:
@@ -125,7 +120,8 @@ def check(config: ml_collections.ConfigDict, device_count: int) -> None:
                            "the GroupNorm group count")
     for name in ("denoiser_steps", "classifier_steps"):
         checks.check_int(f"config.denoised.{name}", block[name], minimum=1)
-    checks.check_int("config.denoised.finetune_steps", block.finetune_steps, minimum=0)
+    checks.check_int("config.denoised.finetune_steps", block.finetune_steps,
+                     minimum=1 if FINETUNED in config.methods else 0)
     checks.check_int("config.denoised.denoiser_batch_size", block.denoiser_batch_size, minimum=1)
     checks.check_divisible("config.denoised.denoiser_batch_size", block.denoiser_batch_size, device_count,
                            "the device count")
@@ -155,10 +151,10 @@ def check(config: ml_collections.ConfigDict, device_count: int) -> None:
 def make_denoised_finetune_loss_fn(classifier_apply_train, denoiser: TinyUNet, *, sigma: float, timestep: int,
                                    alpha_bar: float, consistency_lambda: float, consistency_eta: float, copies: int,
                                    max_translation: int):
-    """loss_fn(params, model_state, batch, key, constants) for core.train: the noise loss of training.py with the
-    classifier applied to one-step-denoised noisy images; constants = the frozen denoiser's variables."""
+    """loss_fn(params, model_state, batch, key, step, constants) for core.train: the noise loss of training.py with
+    the classifier applied to one-step-denoised noisy images; constants = the frozen denoiser's variables."""
 
-    def loss_fn(params, model_state, batch, key, constants):
+    def loss_fn(params, model_state, batch, key, step, constants):
         def apply_train(classifier_params, classifier_state, noisy_images):
             denoised = one_step_denoise(denoiser, constants, noisy_images, timestep, alpha_bar)
             return classifier_apply_train(classifier_params, classifier_state, jax.lax.stop_gradient(denoised))
@@ -166,95 +162,78 @@ def make_denoised_finetune_loss_fn(classifier_apply_train, denoiser: TinyUNet, *
         noise_loss = make_noise_loss_fn(apply_train, sigma=sigma, consistency_lambda=consistency_lambda,
                                         consistency_eta=consistency_eta, copies=copies,
                                         max_translation=max_translation)
-        return noise_loss(params, model_state, batch, key)
+        return noise_loss(params, model_state, batch, key, step, None)
 
     return loss_fn
 
 
-def train_denoiser(config: ml_collections.ConfigDict, data: StudyData, method_dir: str, mesh: Mesh) -> dict:
-    """The denoiser's parameters: loaded from config.denoised.denoiser_checkpoint, or trained (and saved)."""
-    block = config.denoised
-    if block.denoiser_checkpoint:
-        return load_denoiser(block.denoiser_checkpoint)
-    denoiser = TinyUNet(block.denoiser_channels)
-    state = train(workdir=os.path.join(method_dir, DENOISER_DIR),
-                  init_fn=make_denoiser_init_fn(denoiser, data.image_shape),
-                  loss_fn=make_denoiser_loss_fn(denoiser, alphas_cumprod()),
-                  optimizer=optax.adam(optax.cosine_decay_schedule(block.denoiser_learning_rate,
-                                                                   block.denoiser_steps)),
-                  batches=data.make_batches(block.denoiser_batch_size),
-                  loop=loop_config(config, num_steps=block.denoiser_steps), mesh=mesh, desc="denoiser").state
-    if jax.process_index() == 0:
-        save_denoiser(state.params, os.path.join(method_dir, DENOISER_FILE))
-    return state.params
+SHARED = "denoised"  # the folder of the denoiser and the clean classifier, shared by both denoised methods
+FINETUNED = "denoised_finetuned"
 
 
-def fit(config: ml_collections.ConfigDict, data: StudyData, method_dir: str,
-        mesh: Mesh) -> dict[float, CertifiableClassifier]:
+def trainings(config: ml_collections.ConfigDict, data: StudyData, method: str = "denoised"):
+    """"denoised/denoiser" (unless config.denoised.denoiser_checkpoint loads one) and "denoised/classifier" on clean
+    images, for both methods (the study trains them once); for "denoised_finetuned" then per sigma
+    "denoised_finetuned/sigma=<s>": that classifier fine-tuned on one-step-denoised noisy images of each sigma,
+    starting from the clean classifier's parameters, the frozen denoiser as constants."""
     block = config.denoised
     denoiser = TinyUNet(block.denoiser_channels)
     schedule = alphas_cumprod()
-    denoiser_variables = {"params": train_denoiser(config, data, method_dir, mesh)}
+    if block.denoiser_checkpoint:
+        denoiser_params = load_denoiser(block.denoiser_checkpoint)
+    else:
+        denoiser_params = (yield Training(
+            name=f"{SHARED}/{DENOISER_DIR}", init_fn=make_denoiser_init_fn(denoiser, data.image_shape),
+            loss_fn=make_denoiser_loss_fn(denoiser, schedule),
+            optimizer=optax.adam(optax.cosine_decay_schedule(block.denoiser_learning_rate, block.denoiser_steps)),
+            loop=loop_config(config, num_steps=block.denoiser_steps),
+            batches=lambda: data.make_batches(block.denoiser_batch_size), desc="denoiser", model=denoiser,
+            variables=flax_variables)).state.params
     classifier = build_classifier(config, data.num_classes, data.image_shape)
-    clean = train(
-        workdir=os.path.join(method_dir, CLASSIFIER_DIR), init_fn=classifier.init_fn,
+    clean = (yield Training(
+        name=f"{SHARED}/{CLASSIFIER_DIR}", init_fn=classifier.init_fn,
         loss_fn=make_noise_loss_fn(classifier.apply_train, sigma=0.0, max_translation=config.max_translation),
         optimizer=make_optimizer(config, block.classifier_steps, block.classifier_learning_rate),
-        batches=data.make_batches(config.batch_size), loop=loop_config(config, num_steps=block.classifier_steps),
-        mesh=mesh, desc="denoised: clean classifier").state
-    trained = {}
+        loop=loop_config(config, num_steps=block.classifier_steps),
+        batches=lambda: data.make_batches(config.batch_size), desc="denoised: clean classifier",
+        model=classifier.apply_eval, variables=flax_variables)).state
+    if method != FINETUNED:
+        return
     for sigma in config.sigmas:
         timestep = denoising_timestep(sigma, schedule)
-        params, model_state = clean.params, clean.model_state
-        if block.finetune_steps:
-            state = train(
-                workdir=os.path.join(method_dir, sigma_name(sigma)),
-                init_fn=lambda key: (clean.params, clean.model_state),
-                loss_fn=make_denoised_finetune_loss_fn(
-                    classifier.apply_train, denoiser, sigma=sigma, timestep=timestep,
-                    alpha_bar=float(schedule[timestep]), consistency_lambda=config.consistency_lambda,
-                    consistency_eta=config.consistency_eta, copies=config.consistency_copies,
-                    max_translation=config.max_translation),
-                optimizer=make_optimizer(config, block.finetune_steps, block.finetune_learning_rate),
-                batches=data.make_batches(config.batch_size),
-                loop=loop_config(config, num_steps=block.finetune_steps), mesh=mesh,
-                desc=f"denoised: fine-tune {sigma_name(sigma)}", constants=denoiser_variables).state
-            params, model_state = state.params, state.model_state
-        classifier_apply, classifier_params = classifier.for_certification({"params": params, **model_state})
-        trained[sigma] = CertifiableClassifier(
-            denoised_apply_fn(denoiser, classifier_apply, sigma, schedule),
-            {"denoiser": denoiser_variables, "classifier": classifier_params})
-    return trained
+        yield Training(
+            name=f"{method}/{sigma_name(sigma)}",
+            init_fn=lambda key: (clean.params, clean.model_state),
+            loss_fn=make_denoised_finetune_loss_fn(
+                classifier.apply_train, denoiser, sigma=sigma, timestep=timestep,
+                alpha_bar=float(schedule[timestep]), consistency_lambda=config.consistency_lambda,
+                consistency_eta=config.consistency_eta, copies=config.consistency_copies,
+                max_translation=config.max_translation),
+            optimizer=make_optimizer(config, block.finetune_steps, block.finetune_learning_rate),
+            loop=loop_config(config, num_steps=block.finetune_steps),
+            batches=lambda: data.make_batches(config.batch_size), desc=f"{method}: fine-tune {sigma_name(sigma)}",
+            constants={"params": denoiser_params}, model=classifier.apply_eval, variables=flax_variables)
 
 
-def restore(config: ml_collections.ConfigDict, method_dir: str) -> dict[float, CertifiableClassifier]:
-    """The denoise-then-classify classifiers of a run, per sigma whose parts are all trained."""
+def classifiers(config: ml_collections.ConfigDict, data: StudyData, method: str, trained: dict,
+                method_dir: str) -> dict[float, CertifiableClassifier]:
+    """{sigma: the denoise-then-classify classifier to certify} from the trained states ({training name:
+    TrainState}); also writes the trained denoiser as `denoiser.safetensors` in method_dir, for other runs."""
     block = config.denoised
-    num_classes, image_shape = dataset_shape(config)
     denoiser = TinyUNet(block.denoiser_channels)
-    denoiser_file = block.denoiser_checkpoint or os.path.join(method_dir, DENOISER_FILE)
-    classifier_dir = os.path.join(method_dir, CLASSIFIER_DIR)
-    if not os.path.isfile(denoiser_file) or not os.path.isdir(os.path.join(classifier_dir, "checkpoints")):
-        return {}
-    denoiser_variables = {"params": load_denoiser(denoiser_file)}
-    classifier = build_classifier(config, num_classes, image_shape)
-    restored = {}
+    schedule = alphas_cumprod()
+    if block.denoiser_checkpoint:
+        denoiser_params = load_denoiser(block.denoiser_checkpoint)
+    else:
+        denoiser_params = trained[f"{SHARED}/{DENOISER_DIR}"].params
+        if jax.process_index() == 0:
+            save_denoiser(denoiser_params, os.path.join(method_dir, DENOISER_FILE))
+    classifier = build_classifier(config, data.num_classes, data.image_shape)
+    out = {}
     for sigma in config.sigmas:
-        if block.finetune_steps:
-            source = os.path.join(method_dir, sigma_name(sigma))
-            if not os.path.isdir(os.path.join(source, "checkpoints")):
-                continue
-            optimizer = make_optimizer(config, block.finetune_steps, block.finetune_learning_rate)
-        else:
-            source = classifier_dir
-            optimizer = make_optimizer(config, block.classifier_steps, block.classifier_learning_rate)
-        state = restore_latest_state(source, classifier.init_fn, optimizer, config.seed)
-        restored[sigma] = CertifiableClassifier(
-            denoised_apply_fn(denoiser, classifier.apply_eval, sigma, alphas_cumprod()),
-            {"denoiser": denoiser_variables, "classifier": {"params": state.params, **state.model_state}})
-    return restored
-
-
-def history_path(config: ml_collections.ConfigDict, method_dir: str) -> str:
-    return os.path.join(method_dir, CLASSIFIER_DIR if config.denoised.denoiser_checkpoint else DENOISER_DIR,
-                        "metrics.jsonl")
+        state = trained[f"{method}/{sigma_name(sigma)}" if method == FINETUNED else f"{SHARED}/{CLASSIFIER_DIR}"]
+        classifier_apply, classifier_params = classifier.for_certification({"params": state.params,
+                                                                            **state.model_state})
+        out[sigma] = CertifiableClassifier(denoised_apply_fn(denoiser, classifier_apply, sigma, schedule),
+                                           {"denoiser": {"params": denoiser_params}, "classifier": classifier_params})
+    return out

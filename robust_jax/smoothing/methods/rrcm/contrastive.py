@@ -6,11 +6,15 @@ inside a jitted step on a batch sharded over the mesh axis 'data', XLA gathers t
 negatives of the whole global batch, not only its device's slice. (Under the trainer's micro-batches the negatives
 are those of the micro-batch.)
 
-EMA rate schedule (`EmaRateSchedule`), from `start` = 0.99 at step 0 to `end` = 0.9999 at `total_steps`:
-    u = clip(step / total_steps, 0, 1),   s(u) = sigmoid(steepness * (u - 1/2)),
-    rate(step) = start + (end - start) * (s(u) - s(0)) / (s(1) - s(0)),
-a logistic curve centred half-way, rescaled so the end points are exact; steepness = 10 by default (the rate moves
-mostly in the middle half of training). EMA update: target <- rate * target + (1 - rate) * online.
+EMA rate schedule (`EmaRateSchedule`), the official code's shape: from `start` s at step 0 towards `end` e at
+`total_steps` D, with shape A (15 for CIFAR-10, 10 for ImageNet in the official configs):
+    m(k) = sqrt(k / D * (e^2 - s^2) + s^2)  (k < D; e from D on),
+    c(k) = 2 / (1 + exp(-A (m(k) - s) / (e - s))) - 1,
+    rate(k) = c(k) e + (1 - c(k)) s,
+so c rises like tanh(A u / 2) in u ~ k / D: at A = 15 the rate is within 4% of e's distance from s by a quarter of
+the run. The official run ends at e = 0.9999 after 300k steps, an averaging horizon 1 / (1 - e) of 1/30 of the run;
+`tied_ema_end(steps, horizon)` gives the end rate with that horizon for a run of `steps` (at least the start rate).
+EMA update: target <- rate * target + (1 - rate) * online.
 """
 
 from __future__ import annotations
@@ -44,24 +48,32 @@ def info_nce(queries_BxD: jax.Array, keys_BxD: jax.Array, temperature: float = T
 
 def symmetric_info_nce(online_1_BxD: jax.Array, online_2_BxD: jax.Array, target_1_BxD: jax.Array,
                        target_2_BxD: jax.Array, temperature: float = TEMPERATURE) -> jax.Array:
-    """Two views of each image: (InfoNCE(online_1, target_2) + InfoNCE(online_2, target_1)) / 2.
+    """Two views of each image: InfoNCE(online_1, target_2) + InfoNCE(online_2, target_1).
 
-    Each view's online output is matched to the target's output on the other view; the mean of the two directions
-    keeps the loss on the scale of one InfoNCE term. The targets are not differentiated (stop-gradient).
+    Each view's online output is matched to the target's output on the other view; the two directions are summed,
+    as the official code sums them (so instance discrimination weighs 2:1 against one InfoNCE term). The targets are
+    not differentiated (stop-gradient).
     """
     target_1_BxD, target_2_BxD = jax.lax.stop_gradient((target_1_BxD, target_2_BxD))
-    return 0.5 * (info_nce(online_1_BxD, target_2_BxD, temperature)
-                  + info_nce(online_2_BxD, target_1_BxD, temperature))
+    return info_nce(online_1_BxD, target_2_BxD, temperature) + info_nce(online_2_BxD, target_1_BxD, temperature)
+
+
+def tied_ema_end(steps: int, horizon: float, start: float) -> float:
+    """The end rate whose averaging horizon 1 / (1 - rate) is `horizon` of a `steps`-step run, at least `start`
+    (the official 0.9999 over 300k steps is horizon 1/30)."""
+    if not 0 < horizon <= 1:
+        raise ValueError(f"horizon must be a fraction of the run in (0, 1], got {horizon!r}")
+    return max(float(start), 1.0 - 1.0 / (horizon * steps))
 
 
 @dataclasses.dataclass(frozen=True)
 class EmaRateSchedule:
-    """rate(step): the EMA target's decay along a rescaled sigmoid (formula in the module docstring)."""
+    """rate(step): the EMA target's decay, the official schedule's shape (formula in the module docstring)."""
 
     total_steps: int
     start: float = 0.99
     end: float = 0.9999
-    steepness: float = 10.0
+    shape: float = 15.0
 
     def __post_init__(self):
         if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, numbers.Integral) \
@@ -73,16 +85,19 @@ class EmaRateSchedule:
                 raise ValueError(f"{name} must be an EMA rate in [0, 1), got {value!r}")
         if self.end < self.start:
             raise ValueError(f"end={self.end!r} is below start={self.start!r}: the EMA rate only increases")
-        if isinstance(self.steepness, bool) or not isinstance(self.steepness, numbers.Real) or self.steepness <= 0:
-            raise ValueError(f"steepness must be a number > 0, got {self.steepness!r}")
+        if isinstance(self.shape, bool) or not isinstance(self.shape, numbers.Real) or self.shape <= 0:
+            raise ValueError(f"shape must be a number > 0, got {self.shape!r}")
 
     def __call__(self, step) -> jax.Array:
-        """The rate at `step` (int or traced), float32; steps past total_steps keep the end rate."""
-        progress = jnp.clip(jnp.asarray(step, jnp.float32) / self.total_steps, 0.0, 1.0)
-        at_start = jax.nn.sigmoid(-0.5 * self.steepness)
-        at_end = jax.nn.sigmoid(0.5 * self.steepness)
-        rising = (jax.nn.sigmoid(self.steepness * (progress - 0.5)) - at_start) / (at_end - at_start)
-        return self.start + (self.end - self.start) * rising
+        """The rate at `step` (int or traced), float32; steps from total_steps on keep the end rate."""
+        start, end = self.start, self.end
+        if end == start:
+            return jnp.full((), start, jnp.float32)
+        progress = jnp.asarray(step, jnp.float32) / self.total_steps
+        m = jnp.where(progress < 1.0, jnp.sqrt(jnp.minimum(progress, 1.0) * (end ** 2 - start ** 2) + start ** 2),
+                      end)
+        c = 2.0 / (1.0 + jnp.exp(-self.shape * (m - start) / (end - start))) - 1.0
+        return (c * end + (1.0 - c) * start).astype(jnp.float32)
 
 
 def ema_update(target_params, online_params, rate) -> object:

@@ -14,8 +14,8 @@ import dataclasses
 
 import jax
 
-from robust_jax.smoothing.noise_schedule import CERTIFICATION_NUM_LEVELS, smoothing_level
-from robust_jax.smoothing.rrcm_model import RRCMNet
+from robust_jax.smoothing.methods.rrcm.noise_schedule import CERTIFICATION_NUM_LEVELS, smoothing_level
+from robust_jax.smoothing.methods.rrcm.model import RRCMNet
 
 
 @dataclasses.dataclass(frozen=True)

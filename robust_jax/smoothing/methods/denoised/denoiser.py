@@ -136,12 +136,13 @@ def make_denoiser_init_fn(model: TinyUNet, image_shape: tuple[int, int, int]) ->
 
 
 def make_denoiser_loss_fn(model: TinyUNet, alphas_cumprod) -> Callable:
-    """loss_fn(params, model_state, batch, key) for core.train: eps-prediction MSE at t ~ U{0 .. T-1} per example,
+    """loss_fn(params, model_state, batch, key, step, constants) for core.train: eps-prediction MSE at t ~ U{0 .. T-1} per example,
     batch {"image": (B, H, W, C) in [0, 1]}."""
     alphas_cumprod_T = jnp.asarray(np.asarray(alphas_cumprod, np.float64), jnp.float32)
     num_steps = alphas_cumprod_T.shape[0]
 
-    def loss_fn(params, model_state, batch, key):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del step, constants
         x0_BxHxWxC = 2.0 * batch["image"] - 1.0
         time_key, noise_key = jax.random.split(key)
         timesteps_B = jax.random.randint(time_key, (x0_BxHxWxC.shape[0],), 0, num_steps)

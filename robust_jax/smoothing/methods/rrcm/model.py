@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from robust_jax.models.embeddings import sinusoidal_embedding
 from robust_jax.models.vit import VIT_SIZES, ViT, vit
-from robust_jax.smoothing.noise_schedule import SIGMA_DATA, input_scale
+from robust_jax.smoothing.methods.rrcm.noise_schedule import SIGMA_DATA, input_scale
 
 LEVEL_EMBEDDING_SCALE = 250.0  # the level enters as 250 * ln(sigma), the consistency-model convention
 

@@ -13,9 +13,9 @@ parameters before the optimizer update. The target runs in training mode (batch 
 are discarded. Under the trainer's micro-batches each micro-batch computes the same EMA update (the trainer averages
 it), uses its own rows as negatives and draws its own level index (the key differs per micro-batch).
 
-Augmentation: `augment(key, images_NxHxWxC) -> images` on [0, 1] images, each row augmented independently; it is
-called once on the batch stacked twice (N = 2B) to make both views. The default is a random translation by up to
-H // 8 pixels (zero fill); rRCM's strong augmentations (random resized crop, colour jitter, ...) are the caller's.
+Views: `views(key, images_BxHxWxC) -> (view_1, view_2)` on [0, 1] images, each row augmented independently; the
+default is views.ViewAugmentation() (the official recipe adapted to grey digits: crop, intensity jitter, blur with
+probability 1.0 / 0.1, solarize on view 2).
 
 Fine-tuning (`make_finetune_loss_fn`): a linear head on CLS; Gaussian noise std sigma on [0, 1] pixels, i.e. exactly
 2 sigma on [-1, 1] data, while the model is told the level nearest to 2 sigma (as at certification); m = 2 copies,
@@ -29,8 +29,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from robust_jax.smoothing.contrastive import TEMPERATURE, EmaRateSchedule, ema_update, info_nce, symmetric_info_nce
-from robust_jax.smoothing.noise_schedule import (
+from robust_jax.smoothing.methods.rrcm.contrastive import TEMPERATURE, EmaRateSchedule, ema_update, info_nce, symmetric_info_nce
+from robust_jax.smoothing.methods.rrcm.noise_schedule import (
     CERTIFICATION_NUM_LEVELS,
     SIGMA_MIN,
     DiscretisationCurriculum,
@@ -38,18 +38,14 @@ from robust_jax.smoothing.noise_schedule import (
     sample_level_index,
     smoothing_level,
 )
-from robust_jax.smoothing.rrcm_model import RRCMNet, load_pretrained
-from robust_jax.smoothing.training import make_noise_loss_fn, random_translate
+from robust_jax.smoothing.methods.rrcm.model import RRCMNet, load_pretrained
+from robust_jax.smoothing.methods.rrcm.views import ViewAugmentation
+from robust_jax.smoothing.training import make_noise_loss_fn
 
 
 def to_signed_unit(images):
     """[0, 1] -> [-1, 1]."""
     return 2.0 * images - 1.0
-
-
-def default_augment(key: jax.Array, images_BxHxWxC: jax.Array) -> jax.Array:
-    """Random translation by up to max(1, H // 8) pixels, zero-filled."""
-    return random_translate(key, images_BxHxWxC, max(1, images_BxHxWxC.shape[1] // 8))
 
 
 def make_pretrain_init_fn(model: RRCMNet, image_shape: tuple[int, int, int]) -> Callable:
@@ -70,10 +66,10 @@ def make_pretrain_loss_fn(
     curriculum: DiscretisationCurriculum,
     ema_schedule: EmaRateSchedule,
     temperature: float = TEMPERATURE,
-    augment: Callable = default_augment,
+    views: Callable = ViewAugmentation(),
     view_sigma: float = SIGMA_MIN,
 ) -> Callable:
-    """The rRCM pretraining loss_fn(params, model_state, batch, key, step) (see the module docstring)."""
+    """The rRCM pretraining loss_fn(params, model_state, batch, key, step, constants) (see the module docstring)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
@@ -82,7 +78,8 @@ def make_pretrain_loss_fn(
         return model.apply(variables, noisy_images, sigma, train=True, project=project, mutable=["batch_stats"],
                            rngs={"dropout": dropout_key})
 
-    def loss_fn(params, model_state, batch, key, step):
+    def loss_fn(params, model_state, batch, key, step, constants):
+        del constants
         images_BxHxWxC = batch["image"]
         batch_size = images_BxHxWxC.shape[0]
         x_BxHxWxC = to_signed_unit(images_BxHxWxC)
@@ -104,9 +101,9 @@ def make_pretrain_loss_fn(
         online_high, target_low = pair.features[:batch_size], jax.lax.stop_gradient(pair.features[batch_size:])
         trajectory_loss = info_nce(online_high, target_low, temperature)
 
-        # Instance discrimination: two augmented views (one augment call on the batch stacked twice: every row is
-        # augmented independently) at the smallest level, online vs EMA target.
-        views_2BxHxWxC = to_signed_unit(augment(augment_key, jnp.concatenate([images_BxHxWxC, images_BxHxWxC])))
+        # Instance discrimination: two augmented views at the smallest level, online vs EMA target (both views in
+        # one forward pass each).
+        views_2BxHxWxC = to_signed_unit(jnp.concatenate(views(augment_key, images_BxHxWxC)))
         noisy_views = views_2BxHxWxC + view_sigma * view_noise_2BxHxWxC
         online_views, updates = forward(params, batch_stats, noisy_views, view_sigma, True, dropout_keys[1])
         target_views, _ = forward(ema_params, batch_stats, noisy_views, view_sigma, True, dropout_keys[2])
@@ -141,14 +138,22 @@ def make_classifier_apply(model: RRCMNet, sigma: float, num_levels: int = CERTIF
     return apply_train
 
 
-def make_finetune_init_fn(model: RRCMNet, image_shape: tuple[int, int, int], pretrained_params=None) -> Callable:
+def make_finetune_init_fn(model: RRCMNet, image_shape: tuple[int, int, int], pretrained_params=None,
+                          head_init_std: float = 0.0) -> Callable:
     """init_fn(key) -> (params, {}): fresh head-and-backbone parameters (no projector), with every parameter the
-    pretrained tree also has taken from it (rrcm_model.load_pretrained)."""
+    pretrained tree also has taken from it (rrcm_model.load_pretrained); head_init_std > 0: the head's kernel drawn
+    from a normal truncated at 2 standard deviations with that std (the official 2e-5), else zeros."""
 
     def init_fn(key):
-        params = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), 1.0, project=False)["params"]
+        init_key, head_key = jax.random.split(key)
+        params = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), 1.0, project=False)["params"]
         if pretrained_params is not None:
             params = load_pretrained(params, pretrained_params)
+        if head_init_std > 0:
+            head = params["backbone"]["head"]
+            kernel = head_init_std * jax.random.truncated_normal(head_key, -2.0, 2.0, head["kernel"].shape)
+            params = {**params, "backbone": {**params["backbone"], "head": {
+                **head, "kernel": kernel.astype(head["kernel"].dtype)}}}
         return params, {}
 
     return init_fn
@@ -164,7 +169,7 @@ def make_finetune_loss_fn(
     copies: int = 2,
     max_translation: int = 0,
 ) -> Callable:
-    """The rRCM fine-tuning loss_fn(params, model_state, batch, key) (see the module docstring)."""
+    """The rRCM fine-tuning loss_fn(params, model_state, batch, key, step, constants) (see the module docstring)."""
     return make_noise_loss_fn(make_classifier_apply(model, sigma, num_levels), sigma=sigma,
                               consistency_lambda=consistency_lambda, consistency_eta=consistency_eta, copies=copies,
                               max_translation=max_translation)

@@ -1,0 +1,3 @@
+"""The rrcm method: see method.py."""
+
+from robust_jax.smoothing.methods.rrcm.method import check, classifiers, trainings  # noqa: F401
