@@ -95,6 +95,18 @@ def hf_clip_config(config):
 # ------------------------------------------------------------------------------------------------------ our model
 
 
+def contrastive_loss(model, variables, images_NxHxWxC, token_ids):
+    """The train step's loss: the mean of the image-to-text and text-to-image cross-entropies of the batch's
+    exp(logit_scale) * cosine logits, the i-th caption being image i's."""
+    import jax.numpy as jnp
+    import optax
+
+    logits_per_image, _ = model.apply(variables, images_NxHxWxC, token_ids)
+    labels = jnp.arange(images_NxHxWxC.shape[0])
+    return 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits_per_image, labels).mean()
+                  + optax.softmax_cross_entropy_with_integer_labels(logits_per_image.T, labels).mean())
+
+
 def ours(args) -> dict[str, float]:
     """Our figures, this process only: forward and train images/s."""
     import jax
@@ -126,10 +138,7 @@ def ours(args) -> dict[str, float]:
                                               config.text.vocab_size))
 
     def loss_fn(p):
-        logits_per_image, _ = model.apply(p, train_images, token_ids)
-        labels = jnp.arange(args.train_batch)
-        return 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits_per_image, labels).mean()
-                      + optax.softmax_cross_entropy_with_integer_labels(logits_per_image.T, labels).mean())
+        return contrastive_loss(model, p, train_images, token_ids)
 
     def step(p, opt_state):
         loss, grads = jax.value_and_grad(loss_fn)(p)
@@ -150,6 +159,16 @@ def ours(args) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ torch reference
+
+
+def reference_contrastive_loss(model, images_NxCxHxW, token_ids):
+    """`contrastive_loss` on the HF model (NCHW images, int64 ids)."""
+    import torch
+
+    out = model(input_ids=token_ids, pixel_values=images_NxCxHxW)
+    labels = torch.arange(images_NxCxHxW.shape[0])
+    return 0.5 * (torch.nn.functional.cross_entropy(out.logits_per_image, labels)
+                  + torch.nn.functional.cross_entropy(out.logits_per_text, labels))
 
 
 def reference(args) -> dict[str, float]:
@@ -179,13 +198,9 @@ def reference(args) -> dict[str, float]:
     train_images = torch.randn(args.train_batch, 3, size, size)
     token_ids = torch.from_numpy(caption_token_ids(np.random.default_rng(0), args.train_batch,
                                                    config.text.context_length, config.text.vocab_size)).long()
-    labels = torch.arange(args.train_batch)
-
     def train(n):
         for _ in range(n):
-            out = model(input_ids=token_ids, pixel_values=train_images)
-            loss = 0.5 * (torch.nn.functional.cross_entropy(out.logits_per_image, labels)
-                          + torch.nn.functional.cross_entropy(out.logits_per_text, labels))
+            loss = reference_contrastive_loss(model, train_images, token_ids)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -84,35 +84,47 @@ def jax_steps_per_second(size: str, seconds: float, repeats: int, dtype_name: st
     return _timed_runs(run_steps, time.perf_counter() - start, seconds, repeats)
 
 
-def torch_steps_per_second(size: str, seconds: float, repeats: int) -> float:
-    """Garg et al.'s PyTorch model and step: read-in, transformers' GPT2Model, read-out at the x tokens."""
+def torch_reference_model(size: str):
+    """Garg et al.'s PyTorch model: (read-in Linear(d -> n_embd), transformers' GPT2Model, read-out Linear(n_embd -> 1))."""
     import torch
     import transformers
 
     from robust_jax.icl.gpt2 import GPT2_SIZES
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
     shape = GPT2_SIZES[size]
     config = transformers.GPT2Config(
         n_positions=2 * N_POINTS, n_embd=shape["n_embd"], n_layer=shape["n_layer"], n_head=shape["n_head"],
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False,
     )
-    read_in = torch.nn.Linear(DIM, shape["n_embd"])
-    backbone = transformers.GPT2Model(config)
-    read_out = torch.nn.Linear(shape["n_embd"], 1)
-    parameters = [*read_in.parameters(), *backbone.parameters(), *read_out.parameters()]
-    optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE)
+    return torch.nn.Linear(DIM, shape["n_embd"]), transformers.GPT2Model(config), torch.nn.Linear(shape["n_embd"], 1)
+
+
+def torch_reference_loss(modules, xs_BxPxD, ys_BxP):
+    """The squared error over all prefixes of the predictions read at the x tokens of x_1, (y_1, 0, ..., 0), ..."""
+    import torch
+
+    read_in, backbone, read_out = modules
+    batch, points, dim = xs_BxPxD.shape
+    padded_ys = torch.cat([ys_BxP[..., None], torch.zeros(batch, points, dim - 1)], dim=2)
+    tokens = torch.stack([xs_BxPxD, padded_ys], dim=2).reshape(batch, 2 * points, dim)
+    hidden = backbone(inputs_embeds=read_in(tokens)).last_hidden_state
+    predictions = read_out(hidden)[:, ::2, 0]
+    return ((predictions - ys_BxP) ** 2).mean()
+
+
+def torch_steps_per_second(size: str, seconds: float, repeats: int) -> float:
+    """Garg et al.'s PyTorch model and step (`torch_reference_model`, `torch_reference_loss`), fresh prompts."""
+    import torch
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    modules = torch_reference_model(size)
+    optimizer = torch.optim.Adam([p for module in modules for p in module.parameters()], lr=LEARNING_RATE)
 
     def one_step():
         xs = torch.randn(BATCH_SIZE, N_POINTS, DIM)
         w = torch.randn(BATCH_SIZE, DIM, 1)
-        ys = (xs @ w)[..., 0]
-        padded_ys = torch.cat([ys[..., None], torch.zeros(BATCH_SIZE, N_POINTS, DIM - 1)], dim=2)
-        tokens = torch.stack([xs, padded_ys], dim=2).reshape(BATCH_SIZE, 2 * N_POINTS, DIM)
-        hidden = backbone(inputs_embeds=read_in(tokens)).last_hidden_state
-        predictions = read_out(hidden)[:, ::2, 0]
-        loss = ((predictions - ys) ** 2).mean()
+        loss = torch_reference_loss(modules, xs, (xs @ w)[..., 0])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

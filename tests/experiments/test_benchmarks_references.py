@@ -1,5 +1,7 @@
-"""The PyTorch references of the benchmarks: the CLIP reference is open_clip's ViT-B-32 geometry with GELU, and each
-reference runs in its own process against ours (experiments/benchmarks/alternate.py), on the same sizes."""
+"""The PyTorch references of the benchmarks: the CLIP reference is open_clip's ViT-B-32 geometry with GELU; given
+the same weights, the CLIP and ICL references compute what ours compute (image embeddings, logits and the train
+step's loss); and each reference runs in its own process against ours (experiments/benchmarks/alternate.py), on the
+same sizes."""
 
 import json
 import math
@@ -36,6 +38,79 @@ def test_clip_reference_has_open_clip_vit_b_32_geometry_with_gelu():
     reference_count = sum(p.numel() for p in reference.parameters())
     # open_clip's ViT-B-32 has 151,277,313 parameters; the same model on both sides has the same count.
     assert reference_count == _our_parameter_count("ViT-B-32") == 151_277_313
+
+
+def test_clip_reference_computes_what_ours_computes_from_the_same_weights(tmp_path):
+    """The benchmark's reference model (tiny preset), its weights perturbed so that every one matters, read through the
+    HuggingFace importer into the benchmark's own model (built from our config, not from the reference's): the same
+    image embeddings (the forward timed) and the same contrastive
+    loss (the train step timed) on the benchmark's kind of inputs."""
+    torch = require("torch")
+    transformers = require("transformers")
+    from robust_jax.models import clip_import
+
+    config = clip_lib.get_config("tiny")
+    torch.manual_seed(0)
+    reference = transformers.CLIPModel(clip_throughput.hf_clip_config(config)).eval()
+    with torch.no_grad():
+        for parameter in reference.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    reference.save_pretrained(tmp_path, safe_serialization=True)
+    _, variables = clip_import.from_huggingface(tmp_path)
+    model = clip_lib.CLIP(config)  # the benchmark's model, with the reference's weights
+
+    rng = np.random.default_rng(0)
+    size = config.vision.image_size
+    images = rng.normal(size=(3, size, size, 3)).astype(np.float32)
+    token_ids = clip_throughput.caption_token_ids(rng, 3, config.text.context_length, config.text.vocab_size)
+    images_nchw = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        reference_embeddings = reference.get_image_features(pixel_values=images_nchw)
+        reference_loss = clip_throughput.reference_contrastive_loss(reference, images_nchw,
+                                                                    torch.from_numpy(token_ids).long())
+    reference_embeddings = getattr(reference_embeddings, "pooler_output", reference_embeddings).numpy()
+    encode_image, _ = clip_lib.jit_encoders(model)
+    np.testing.assert_allclose(encode_image(variables, images), reference_embeddings, atol=1e-4, rtol=0)
+    loss = jax.jit(lambda v: clip_throughput.contrastive_loss(model, v, images, token_ids))(variables)
+    assert float(loss) == pytest.approx(float(reference_loss), rel=1e-4)
+    assert float(loss) > 0.5  # not a degenerate batch: the perturbed towers do not match captions to images
+
+
+def test_icl_reference_computes_what_ours_computes_from_the_same_weights():
+    """Garg et al.'s PyTorch model as the benchmark builds it, its weights copied into ours (read-in, GPT-2 backbone,
+    read-out): the loss of the study's step (training_functions, fixed curriculum) equals the reference's loss on
+    the prompts our step draws."""
+    torch = require("torch")
+    require("transformers")
+    import jax.numpy as jnp
+
+    from robust_jax.icl.gpt2 import Curriculum, curriculum_points_at, gpt2_model, training_functions
+    from robust_jax.icl.tasks import PromptSpec
+    from robust_jax.models.transformer import params_from_huggingface_gpt2
+
+    torch.manual_seed(0)
+    read_in, backbone, read_out = modules = icl_throughput.torch_reference_model("tiny")
+    model = gpt2_model("tiny", dim=icl_throughput.DIM, max_points=icl_throughput.N_POINTS)
+    params = {"params": {
+        "read_in_kernel": jnp.asarray(read_in.weight.detach().numpy().T),
+        "read_in_bias": jnp.asarray(read_in.bias.detach().numpy()),
+        "backbone": params_from_huggingface_gpt2(backbone.state_dict(), model.n_layer)["params"],
+        "read_out": {"kernel": jnp.asarray(read_out.weight.detach().numpy().T),
+                     "bias": jnp.asarray(read_out.bias.detach().numpy())}}}
+    spec = PromptSpec(dim=icl_throughput.DIM, n_context=icl_throughput.N_POINTS - 1)
+    curriculum = Curriculum.fixed(icl_throughput.DIM, icl_throughput.N_POINTS)
+    init_fn, loss_fn = training_functions(model, spec, curriculum)
+    expected_shapes = jax.tree.map(jnp.shape, jax.eval_shape(init_fn, jax.random.key(0))[0])
+    assert jax.tree.map(jnp.shape, params) == expected_shapes
+
+    batch = {"index": jnp.arange(8)}
+    key = jax.random.key(3)
+    loss, _ = jax.jit(loss_fn)(params, {}, batch, key, jnp.int32(0), None)
+    xs, ys = curriculum_points_at(key, spec, batch["index"], icl_throughput.DIM)
+    with torch.no_grad():
+        reference_loss = icl_throughput.torch_reference_loss(
+            modules, torch.from_numpy(np.asarray(xs)), torch.from_numpy(np.asarray(ys)))
+    assert float(loss) == pytest.approx(float(reference_loss), rel=1e-4)
 
 
 def test_caption_tokens_end_with_the_pooled_end_of_text_id():
