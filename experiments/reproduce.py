@@ -348,10 +348,9 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-# Minutes each study's cpu preset took in `make reproduce` on the project's 2-core CPU (2026-11-30, 29 min in all;
-# sde: three times that run's one-seed 3.9 min, as its preset now runs 3 seeds). They weight the ETA: the studies
-# left, scaled by how fast this machine ran the ones done so far.
-CPU_PRESET_MINUTES = {"digits": 0.4, "icl": 8.4, "smoothing": 10.6, "sde": 11.8, "omniview": 5.9}
+# Minutes each study's cpu preset took in `make reproduce` on a fresh clone on the project's 2-core CPU (2026-12-07,
+# 30 min of studies). They weight the ETA: the studies left, scaled by how fast this machine ran the ones done so far.
+CPU_PRESET_MINUTES = {"digits": 0.5, "icl": 7.0, "smoothing": 7.3, "sde": 10.8, "omniview": 4.7}
 
 
 def estimate_eta(left: list[str], run_seconds: dict[str, float], preset: str) -> str:
