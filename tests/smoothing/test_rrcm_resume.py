@@ -1,6 +1,6 @@
 """Resumption of the rRCM parts after SIGKILL: certification of the smoothed rRCM classifier through
 certify_dataset (the rerun's TSV equals an uninterrupted run's), and the trainings of the rRCM and denoised methods
-through experiments.main, killed inside the rRCM pretraining, its fine-tuning and the denoised clean classifier (every
+through experiments.main, killed inside the rRCM pretraining, its fine-tuning and each denoised stage (every
 training's state, logged losses and results equal an uninterrupted run's, bit for bit: tests/sigkill.py)."""
 
 import os
@@ -112,14 +112,17 @@ def test_sigkill_mid_pretraining_then_rerun_is_bitwise_identical(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_fine_tuning_and_mid_denoised_stages_then_rerun_is_bitwise_identical(tmp_path):
-    """The same for a kill inside the rRCM fine-tuning, and one inside the denoised method's clean classifier."""
+    """The same for a kill inside the rRCM fine-tuning, and for one run killed in turn inside each of the denoised
+    methods' stages (the denoiser, the clean classifier, the fine-tuning on denoised images) before it ends."""
     args = [ARGS[0], "--config.methods=('denoised','denoised_finetuned','rrcm')", "--config.rrcm.finetune_steps=40",
-            "--config.denoised.classifier_steps=40", *ARGS[2:]]
+            "--config.denoised.denoiser_steps=40", "--config.denoised.classifier_steps=40",
+            "--config.denoised.finetune_steps=40", *ARGS[2:]]
     sigkill.run(args, tmp_path / "whole")
     sigkill.kill_inside(args, tmp_path / "killed", "rrcm/sigma=0.5", first=5, last=40)
     sigkill.run(args, tmp_path / "killed")
     sigkill.compare_runs(_config(args), tmp_path / "whole", tmp_path / "killed")
-    sigkill.kill_inside(args, tmp_path / "killed_denoised", "denoised/classifier", first=5, last=40)
+    for training in ("denoised/denoiser", "denoised/classifier", "denoised_finetuned/sigma=0.5"):
+        sigkill.kill_inside(args, tmp_path / "killed_denoised", training, first=5, last=40)
     sigkill.run(args, tmp_path / "killed_denoised")
     trainings = sigkill.compare_runs(_config(args), tmp_path / "whole", tmp_path / "killed_denoised")
     assert trainings == ["denoised/denoiser", "denoised/classifier", "denoised_finetuned/sigma=0.5",
