@@ -55,7 +55,9 @@ def min_step_runner(config, batch: int, multiview: int, variant: str = "ovt", se
         raise ValueError(f"multiview={multiview} must be in [1, batch={batch}]")
     model = base_clip(config)
     base = clip_lib.init_params(model, jax.random.key(seed))
-    setup = tuning.setup_variant(tuning.VARIANTS[variant], model, base, config, None)
+    # The learning-rate schedule does not change the step's work: any epoch length serves an epoch-stepped one.
+    setup = tuning.setup_variant(tuning.VARIANTS[variant], model, base, config, None,
+                                 epoch_steps=config.steps_per_epoch or 1)
     rng = np.random.default_rng(seed)
     size, text = model.config.vision.image_size, model.config.text
     rows = np.concatenate([np.arange(multiview), np.full(batch - multiview, -1)]).astype(np.int32)

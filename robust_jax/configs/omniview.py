@@ -17,7 +17,8 @@ Presets:
          36.1 / 66.2: about +1 point viewpoint-OOD, not the paper's +10 (the paired verdicts: results/REPORT.md).
   paper  for accelerators (not run): ViT-B/32 from an OpenCLIP safetensors file (base_path, base_model_name; or
          base_source='huggingface'), MVCap-style metadata (mvcap_metadata, image_caption_metadata), batch 512 + 256,
-         AdamW 5e-5, 80 OpenAI templates; evaluated at 224 px. Set base_path, bpe_vocab_path and the metadata paths.
+         AdamW 5e-5 with the cosine stepped per epoch, the max step on augmented images, diagonal ITC targets
+         and an unclamped temperature (the official code's), 80 OpenAI templates; evaluated at 224 px. Set base_path, bpe_vocab_path and the metadata paths.
 
 Results: results.json metrics zero_shot_top1[model][split], zero_shot_top5, targets, trainable_parameters, splits;
 zero_shot_top1.{md,csv,png}, multiview_grid.png, timings.json. Override fields with --config.<field>=<value>.
@@ -75,6 +76,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.batch_size_2d = 32  # 2D pairs per batch, besides batch_size multi-view pairs (2:1 as in the paper)
     c.steps_per_epoch = 0  # steps between max steps; 0 = one pass over the multi-view pairs
     c.end_learning_rate = 1e-7
+    c.lr_schedule_unit = "step"  # the cosine's rate changes every 'step', or every 'epoch' (the official code)
+    c.max_step_augment = False  # the max step embeds augmented images (the official code) or the images as they are
+    c.itc_targets = "same_caption"  # identical captions are positives of each other, or 'diagonal' (the official)
+    c.clamp_logit_scale = True  # temperature capped at 100 (CLIP's rule); the official tuning code does not clamp
     c.weight_decay = 0.05
     c.gradient_clip_norm = 1.0
     c.vi_weight = 1.0  # lambda
@@ -129,6 +134,10 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
         c.batch_size_2d = 256
         c.learning_rate = 5e-5
         c.num_steps = 30_000
+        c.lr_schedule_unit = "epoch"
+        c.max_step_augment = True
+        c.itc_targets = "diagonal"
+        c.clamp_logit_scale = False
         c.steps_per_epoch = 0
         c.checkpoint_every = 1000
         c.log_every = 100

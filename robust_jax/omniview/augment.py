@@ -7,8 +7,11 @@ backgrounds of the renders are not framed by black corners that would be a cue o
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def affine_warp(images_BxHxWxC: jax.Array, angle_degrees_B: jax.Array, shift_pixels_Bx2: jax.Array) -> jax.Array:
@@ -50,3 +53,29 @@ def random_rotate_translate(images_BxHxWxC: jax.Array, keys_B: jax.Array, max_de
 
     angles_B, shifts_Bx2 = jax.vmap(draw)(keys_B)
     return affine_warp(images_BxHxWxC, angles_B, shifts_Bx2)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _augment_rows(images_BxHxWxC, key, rows_B, max_degrees: float, max_translation: float):
+    keys_B = jax.vmap(lambda row: jax.random.fold_in(key, row))(rows_B)
+    return random_rotate_translate(images_BxHxWxC, keys_B, max_degrees, max_translation)
+
+
+class AugmentedRows:
+    """images[rows] (uint8 or float in [0, 1]) as float images in [0, 1], row r rotated and moved by
+    `random_rotate_translate` with the key fold_in(key, r): the same draw for a row whenever it is read, so a set of
+    images augmented once (e.g. for one epoch's max step) that loads lazily, batch by batch."""
+
+    def __init__(self, images, key: jax.Array, max_degrees: float, max_translation: float):
+        self.images, self.key = images, key
+        self.max_degrees, self.max_translation = float(max_degrees), float(max_translation)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows)
+        batch = np.asarray(self.images[rows])
+        floats = batch.astype(np.float32) / 255.0 if batch.dtype == np.uint8 else batch.astype(np.float32)
+        return np.asarray(_augment_rows(floats, self.key, rows.astype(np.int32), self.max_degrees,
+                                        self.max_translation))

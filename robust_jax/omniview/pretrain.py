@@ -85,19 +85,28 @@ def training_rows(data: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def contrastive_loss(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array, log_logit_scale: jax.Array,
-                     token_ids_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Symmetric InfoNCE over the image-text logit matrix; pairs whose captions are identical token for token count
-    as positives of each other (a batch often holds several views of one object), with the target mass split evenly.
-    Returns (loss, image-to-text accuracy)."""
+                     token_ids_BxL: jax.Array, *, targets: str = "same_caption",
+                     clamp_logit_scale: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Symmetric InfoNCE over the image-text logit matrix. Returns (loss, image-to-text accuracy).
+
+    targets='same_caption': pairs whose captions are identical token for token count as positives of each other (a
+    batch often holds several views of one object), with the target mass split evenly; 'diagonal': each image's
+    own caption only (CLIP's and the official Omniview-Tuning code's targets). clamp_logit_scale: the temperature
+    is capped at 100 (CLIP's rule); the official tuning code leaves it unclamped."""
     image_BxE = clip_lib.l2_normalize(image_emb_BxE.astype(jnp.float32))
     text_BxE = clip_lib.l2_normalize(text_emb_BxE.astype(jnp.float32))
-    scale = jnp.exp(jnp.minimum(log_logit_scale, MAX_LOG_LOGIT_SCALE))
+    scale = jnp.exp(jnp.minimum(log_logit_scale, MAX_LOG_LOGIT_SCALE) if clamp_logit_scale else log_logit_scale)
     logits_BxB = scale * image_BxE @ text_BxE.T
-    same_caption_BxB = jnp.all(token_ids_BxL[:, None, :] == token_ids_BxL[None, :, :], axis=-1)
-    targets_BxB = same_caption_BxB / same_caption_BxB.sum(axis=1, keepdims=True)  # symmetric mask: rows = columns
+    if targets == "same_caption":
+        positive_BxB = jnp.all(token_ids_BxL[:, None, :] == token_ids_BxL[None, :, :], axis=-1)
+    elif targets == "diagonal":
+        positive_BxB = jnp.eye(logits_BxB.shape[0], dtype=bool)
+    else:
+        raise ValueError(f"targets={targets!r}: expected 'same_caption' or 'diagonal'")
+    targets_BxB = positive_BxB / positive_BxB.sum(axis=1, keepdims=True)  # symmetric mask: rows = columns
     loss_i2t = optax.softmax_cross_entropy(logits_BxB, targets_BxB).mean()
     loss_t2i = optax.softmax_cross_entropy(logits_BxB.T, targets_BxB).mean()
-    hit = jnp.take_along_axis(same_caption_BxB, jnp.argmax(logits_BxB, axis=1)[:, None], axis=1)[:, 0]
+    hit = jnp.take_along_axis(positive_BxB, jnp.argmax(logits_BxB, axis=1)[:, None], axis=1)[:, 0]
     return 0.5 * (loss_i2t + loss_t2i), hit.mean()
 
 

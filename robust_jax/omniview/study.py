@@ -98,6 +98,10 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_float("config.end_learning_rate", config.end_learning_rate, positive=True,
                        at_most=config.learning_rate)
     checks.check_float("config.weight_decay", config.weight_decay, non_negative=True)
+    checks.check_choice("config.lr_schedule_unit", config.lr_schedule_unit, ("step", "epoch"))
+    checks.check_bool("config.max_step_augment", config.max_step_augment)
+    checks.check_choice("config.itc_targets", config.itc_targets, ("same_caption", "diagonal"))
+    checks.check_bool("config.clamp_logit_scale", config.clamp_logit_scale)
     checks.check_float("config.gradient_clip_norm", config.gradient_clip_norm, positive=True)
     checks.check_float("config.vi_weight", config.vi_weight, non_negative=True)
     checks.check_float("config.margin", config.margin, non_negative=True)
@@ -224,7 +228,8 @@ def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
     tuning_set = _tuning_data(config, data, base)
     for name in config.variants:
         setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, config,
-                                     tuning_set.caption_tokens_KxVxL)
+                                     tuning_set.caption_tokens_KxVxL,
+                                     tuning.steps_per_epoch(tuning_set.num_multiview_rows, config))
         yield tuning.variant_training(setup, f"tune_{name}", base, tuning_set, config)
 
 

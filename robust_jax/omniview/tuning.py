@@ -54,13 +54,14 @@ from robust_jax.data.mvcap import group_views
 from robust_jax.models import clip as clip_lib
 from robust_jax.models import lora as lora_lib
 from robust_jax.omniview import alignment
-from robust_jax.omniview.augment import random_rotate_translate
+from robust_jax.omniview.augment import AugmentedRows, random_rotate_translate
 from robust_jax.omniview.pretrain import contrastive_loss, sample_caption_tokens
 from robust_jax.omniview.tuning_params import init_tuning_params
 from robust_jax.omniview.viformer import VIFormer, viewpoint_invariant_embedding
 from robust_jax.omniview.zero_shot import CLIP_MEAN, CLIP_STD
 
 HARD_CENTRES, RANDOM_VIEWS, NO_ALIGNMENT = "hard_centres", "random_views", "none"
+MAX_STEP_AUGMENT_STREAM = 0x6D617875  # folded into the (seed, epoch) key for the max step's augmentation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +151,26 @@ def make_init_fn(tuned: TunedCLIP, base_variables, variant: Variant, config: ml_
     return init_fn
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW (betas 0.9/0.98, eps 1e-6) with a cosine schedule from learning_rate to end_learning_rate over
-    num_steps, after gradient-norm clipping; it updates every leaf of the trainable tree."""
-    schedule = optax.cosine_decay_schedule(config.learning_rate, config.num_steps,
-                                           alpha=config.end_learning_rate / config.learning_rate)
+def learning_rate_schedule(config: ml_collections.ConfigDict, epoch_steps: int | None = None) -> optax.Schedule:
+    """Cosine from learning_rate to end_learning_rate. lr_schedule_unit='step': over num_steps, a new rate every
+    step; 'epoch' (the official code's CosineAnnealingLR(T_max=epochs), stepped once per epoch): over the
+    ceil(num_steps / epoch_steps) epochs, the rate of epoch e held for all its steps."""
+    alpha = config.end_learning_rate / config.learning_rate
+    if config.lr_schedule_unit == "step":
+        return optax.cosine_decay_schedule(config.learning_rate, config.num_steps, alpha=alpha)
+    if config.lr_schedule_unit != "epoch":
+        raise ValueError(f"config.lr_schedule_unit={config.lr_schedule_unit!r}: expected 'step' or 'epoch'")
+    if not epoch_steps:
+        raise ValueError("lr_schedule_unit='epoch' needs the steps per epoch (epoch_steps)")
+    per_epoch = optax.cosine_decay_schedule(config.learning_rate, math.ceil(config.num_steps / epoch_steps),
+                                            alpha=alpha)
+    return lambda step: per_epoch(step // epoch_steps)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, epoch_steps: int | None = None) -> optax.GradientTransformation:
+    """AdamW (betas 0.9/0.98, eps 1e-6) with `learning_rate_schedule`, after gradient-norm clipping; it updates every
+    leaf of the trainable tree."""
+    schedule = learning_rate_schedule(config, epoch_steps)
     # Gains, biases and the temperature are not decayed (CLIP's rule).
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     return optax.chain(optax.clip_by_global_norm(config.gradient_clip_norm),
@@ -191,7 +207,8 @@ def make_loss_fn(tuned: TunedCLIP, variant: Variant, config: ml_collections.Conf
             token_ids_BxL = sample_caption_tokens(caption_tokens, batch["caption_index"], caption_key,
                                                   config.drop_colour_probability)
         text_BxE = tuned.encode_text(params, token_ids_BxL)
-        itc, accuracy = contrastive_loss(z_BxE, text_BxE, params["logit_scale"], token_ids_BxL)
+        itc, accuracy = contrastive_loss(z_BxE, text_BxE, params["logit_scale"], token_ids_BxL,
+                                         targets=config.itc_targets, clamp_logit_scale=config.clamp_logit_scale)
         metrics = {"itc": itc, "batch_accuracy": accuracy}
         loss = itc
         if aligned:
@@ -210,13 +227,19 @@ def make_loss_fn(tuned: TunedCLIP, variant: Variant, config: ml_collections.Conf
 
 
 def make_embed_fn(tuned: TunedCLIP) -> Callable:
-    """embed_fn(params, raw images) for the max step: the tuned model in eval mode (no augmentation); params with
-    the base variables under 'clip'."""
+    """embed_fn(params, raw images) for the max step: the tuned model in eval mode on the images it is given (it
+    augments nothing itself; see `epoch_targets`); params with the base variables under 'clip'."""
 
     def embed_fn(params, images_BxHxWxC):
         return tuned.encode_image(params, normalise_images(images_BxHxWxC))
 
     return embed_fn
+
+
+def max_step_augment_key(seed: int, epoch: int) -> jax.Array:
+    """The key of epoch `epoch`'s max-step augmentation: a stream of its own (the min steps fold example ids into
+    the step keys of the train loop; the random-views draws use fold_in(key(seed), epoch))."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), epoch), MAX_STEP_AUGMENT_STREAM)
 
 
 def epoch_targets(variant: Variant, embed_fn: Callable, params, images, object_ids, *, epoch: int,
@@ -225,8 +248,13 @@ def epoch_targets(variant: Variant, embed_fn: Callable, params, images, object_i
 
     hard_centres: the max step; T = objects, each object's K hardest views point at its centre.
     random_views: K views per object drawn at random, each pointing at the embedding of another view of its object
-    drawn at random (T = objects x K); the draws depend only on (seed, epoch)."""
+    drawn at random (T = objects x K); the draws depend only on (seed, epoch). With config.max_step_augment the
+    images are embedded augmented as the min steps augment them (`augment.AugmentedRows`), a draw per view and
+    epoch (`max_step_augment_key`), independent of the min steps' draws; otherwise as they are."""
     common = dict(mesh=mesh, batch_size=config.max_step_batch_size)
+    if config.max_step_augment:  # the official code's max step reads its augmented training loader
+        images = AugmentedRows(images, max_step_augment_key(config.seed, epoch), config.max_rotation_degrees,
+                               config.max_translation)
     if variant.alignment == HARD_CENTRES:
         targets = alignment.max_step(embed_fn, params, images, object_ids, object_batch_size=mesh.size * 8,
                                      num_neighbours=config.num_neighbours, num_hard=config.num_hard_views,
@@ -330,12 +358,12 @@ class TuningSetup:
 
 
 def setup_variant(variant: Variant, clip: clip_lib.CLIP, base_variables, config: ml_collections.ConfigDict,
-                  caption_tokens_KxVxL: np.ndarray | None) -> TuningSetup:
+                  caption_tokens_KxVxL: np.ndarray | None, epoch_steps: int | None = None) -> TuningSetup:
     """The variant's model, initialiser, optimizer, loss and max-step embedding (base_variables may be abstract,
-    e.g. to count parameters with jax.eval_shape)."""
+    e.g. to count parameters with jax.eval_shape); epoch_steps (`steps_per_epoch`) for an epoch-stepped schedule."""
     tuned = build_tuned_model(clip, variant, config)
     return TuningSetup(variant=variant, tuned=tuned, init_fn=make_init_fn(tuned, base_variables, variant, config),
-                       optimizer=make_optimizer(config),
+                       optimizer=make_optimizer(config, epoch_steps),
                        loss_fn=make_loss_fn(tuned, variant, config, caption_tokens_KxVxL),
                        embed_fn=make_embed_fn(tuned), base_variables=base_variables)
 

@@ -47,6 +47,27 @@ def test_identical_captions_share_the_target_and_temperature_is_clamped():
     np.testing.assert_allclose(loss_big, loss_100)
 
 
+def test_diagonal_targets_ignore_identical_captions_and_the_temperature_can_go_unclamped(key):
+    """The official tuning loss: CE against each pair's own caption in both directions (identical captions are
+    negatives like any other), at the temperature as it is, even beyond 100."""
+    image_key, text_key = jax.random.split(key)
+    image = jax.random.normal(image_key, (5, 4))
+    text = jax.random.normal(text_key, (5, 4))
+    tokens = jnp.array([[2, 5, 9]] * 3 + [[2, 6, 9], [2, 7, 9]])  # three identical captions
+    i = np.asarray(image, np.float64) / np.linalg.norm(image, axis=1, keepdims=True)
+    t = np.asarray(text, np.float64) / np.linalg.norm(text, axis=1, keepdims=True)
+    for scale in (10.0, 400.0):
+        logits = scale * i @ t.T
+        expected = -0.5 * (np.trace(_log_softmax(logits, 1)) + np.trace(_log_softmax(logits, 0))) / 5
+        loss, accuracy = pretrain.contrastive_loss(image, text, jnp.log(scale), tokens, targets="diagonal",
+                                                   clamp_logit_scale=False)
+        np.testing.assert_allclose(loss, expected, rtol=1e-4)
+        np.testing.assert_allclose(accuracy, np.mean(np.argmax(logits, 1) == np.arange(5)))
+    same_caption, _ = pretrain.contrastive_loss(image, text, jnp.log(10.0), tokens)
+    assert abs(float(same_caption) - float(pretrain.contrastive_loss(image, text, jnp.log(10.0), tokens,
+                                                                     targets="diagonal")[0])) > 1e-3
+
+
 def test_augment_flips_or_shifts_only(key):
     images = jax.random.normal(key, (16, 8, 8, 3))
     flipped_or_not = np.asarray(pretrain.augment_images(images, jax.random.key(1), max_shift=0))

@@ -43,6 +43,8 @@ def _tiny(**changes):
     (dict(tune_view_kinds=("below", "below")), r"config\.tune_view_kinds=.*must not repeat"),
     (dict(variants=("ovt", "dropout")), r"config\.variants\[1\]='dropout' .*one of"),
     (dict(base_source="scratch"), r"config\.base_source='scratch' .*one of"),
+    (dict(lr_schedule_unit="batch"), r"config\.lr_schedule_unit='batch' .*one of \['step', 'epoch'\]"),
+    (dict(itc_targets="caption"), r"config\.itc_targets='caption' .*one of \['same_caption', 'diagonal'\]"),
 ])
 def test_bad_tuning_config_is_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -192,9 +194,14 @@ def test_sigkill_inside_epochs_and_at_their_boundary_then_rerun_is_bitwise_ident
     """A tuning run killed inside its first epoch, run again and killed right at the end of that epoch (before the
     next epoch's max step is kept: its targets are deleted, so the restart recomputes them from the restored
     parameters), run again and killed inside the last epoch, then run to the end: every training's state, logged
-    losses and results equal those of a run never killed (tests/sigkill.py)."""
+    losses and results equal those of a run never killed (tests/sigkill.py). It tunes with the paper preset's
+    settings from the official code (the cosine stepped per epoch, the max step on augmented views, diagonal ITC
+    targets, the temperature unclamped)."""
     overrides = ["--config.variants=('ovt',)", "--config.num_steps=24", "--config.steps_per_epoch=8",
-                 "--config.checkpoint_every=3", f"--config.data_cache_dir={tmp_path / 'cache'}"]
+                 "--config.checkpoint_every=3", f"--config.data_cache_dir={tmp_path / 'cache'}",
+                 # the official code's tuning settings, the paper preset's: resumed like the rest
+                 "--config.lr_schedule_unit=epoch", "--config.max_step_augment=True", "--config.itc_targets=diagonal",
+                 "--config.clamp_logit_scale=False"]
     args = ["--config=omniview:tiny", *overrides]
     # Both runs read the dataset from the cache: a run that has just generated it has been seen to differ from one
     # that read it in the last bits of its tuning losses (not yet explained), which would hide what is tested here.

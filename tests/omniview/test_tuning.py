@@ -13,6 +13,7 @@ from robust_jax.models import clip as clip_lib
 from robust_jax.omniview import alignment, tuning
 from robust_jax.omniview.augment import affine_warp
 from robust_jax.omniview.tuning_params import count_tuning_parameters
+from tests.requirements import require
 
 
 @pytest.mark.parametrize("angle, k", [(90.0, 1), (-90.0, -1), (180.0, 2)])
@@ -176,7 +177,7 @@ def test_paper_preset_trains_exactly_the_tuning_parameters(variant, parts):
     clip_config = clip_lib.get_config(config.base_model_name)
     model = clip_lib.CLIP(clip_config)
     base = jax.eval_shape(lambda key: clip_lib.init_params(model, key), jax.random.key(0))
-    setup = tuning.setup_variant(tuning.VARIANTS[variant], model, base, config, None)
+    setup = tuning.setup_variant(tuning.VARIANTS[variant], model, base, config, None, epoch_steps=1000)
     trainable, _ = jax.eval_shape(setup.init_fn, jax.random.key(0))
     assert set(trainable) == set(parts)
     sizes = {part: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable[part])) for part in parts}
@@ -206,3 +207,62 @@ def test_full_ft_trains_every_clip_weight_as_a_delta_from_the_base():
     got = setup.tuned.clip_variables({"clip_delta": shifted, "clip": base})
     for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(base), strict=True):
         np.testing.assert_allclose(x, np.asarray(y) + 0.01, rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_steps, epoch_steps", [(600, 180), (12, 4)])
+def test_epoch_stepped_cosine_is_torch_cosine_annealing_stepped_once_per_epoch(num_steps, epoch_steps):
+    """lr_schedule_unit='epoch' against the official schedule itself: torch's CosineAnnealingLR(T_max = epochs,
+    eta_min = end_learning_rate), its step() called after each epoch's batches; the rate of an epoch holds for all
+    of its steps (the last epoch may be short)."""
+    torch = require("torch")
+    config = omniview_config.get_config("cpu")
+    config.num_steps, config.lr_schedule_unit = num_steps, "epoch"
+    schedule = tuning.learning_rate_schedule(config, epoch_steps)
+    epochs = -(-num_steps // epoch_steps)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.learning_rate)
+    annealing = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=config.end_learning_rate)
+    expected = []
+    for _ in range(epochs):
+        expected += [optimizer.param_groups[0]["lr"]] * epoch_steps
+        optimizer.step()
+        annealing.step()
+    got = [float(schedule(step)) for step in range(num_steps)]
+    np.testing.assert_allclose(got, expected[:num_steps], rtol=1e-5)
+    # The per-step default changes the rate within an epoch.
+    config.lr_schedule_unit = "step"
+    assert float(tuning.learning_rate_schedule(config)(1)) < float(tuning.learning_rate_schedule(config)(0))
+
+
+def test_max_step_augment_embeds_each_view_rotated_and_moved_as_the_min_steps_do():
+    """With max_step_augment the hard-centre targets are the max step over the views rotated and moved by the
+    tuning augmentation, a draw per view and epoch from its own key (recomputed here with affine_warp from the same
+    keys), the same whenever it is rerun and different from the un-augmented targets."""
+    config = omniview_config.get_config("tiny")
+    config.num_hard_views, config.num_neighbours, config.max_step_batch_size = 2, 3, 8
+    config.max_step_augment = True
+    rng = np.random.default_rng(3)
+    object_ids = np.repeat(np.arange(4), 6)[rng.permutation(24)]
+    images = rng.integers(0, 256, (24, 6, 6, 3)).astype(np.uint8)
+    params = {"offset": jnp.float32(0.5)}
+    mesh = make_data_mesh()
+    got = tuning.epoch_targets(tuning.VARIANTS["ovt"], _flatten_embed, params, images, object_ids, epoch=1,
+                               config=config, mesh=mesh)
+    key = tuning.max_step_augment_key(config.seed, 1)
+    angles, shifts = [], []
+    for row in range(len(images)):
+        angle_key, shift_key = jax.random.split(jax.random.fold_in(key, row))
+        angles.append(jax.random.uniform(angle_key, (), minval=-90.0, maxval=90.0))
+        shifts.append(jax.random.uniform(shift_key, (2,), minval=-0.1, maxval=0.1) * 6)
+    warped = np.asarray(affine_warp(jnp.asarray(images / 255.0, jnp.float32), jnp.stack(angles), jnp.stack(shifts)))
+    reference = alignment.max_step(_flatten_embed, params, warped, object_ids, batch_size=8, num_neighbours=3,
+                                   num_hard=2)
+    np.testing.assert_allclose(got["targets_TxE"], reference.centres_OxE, atol=1e-6)
+    for o, hard_rows in enumerate(reference.hard_rows_OxK):
+        assert set(np.flatnonzero(got["target_slot_N"] == o)) == set(hard_rows)
+    again = tuning.epoch_targets(tuning.VARIANTS["ovt"], _flatten_embed, params, images, object_ids, epoch=1,
+                                 config=config, mesh=mesh)
+    np.testing.assert_array_equal(again["targets_TxE"], got["targets_TxE"])
+    config.max_step_augment = False
+    plain = tuning.epoch_targets(tuning.VARIANTS["ovt"], _flatten_embed, params, images / 255.0, object_ids,
+                                 epoch=1, config=config, mesh=mesh)
+    assert np.abs(plain["targets_TxE"] - got["targets_TxE"]).max() > 1e-2
