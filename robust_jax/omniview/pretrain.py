@@ -29,6 +29,7 @@ from robust_jax.omniview import zero_shot
 
 MAX_LOG_LOGIT_SCALE = float(np.log(100.0))  # CLIP clamps the temperature at 100
 BASE_SUBDIR = "base"
+CEILING_SUBDIR = "ceiling"  # the same CLIP pre-trained on every view of the training objects (a gate, not a base)
 VOCAB_FILE = "vocab.json"
 # The config fields that decide the from-scratch CLIP's architecture (a base loaded from another workdir must match).
 ARCHITECTURE_FIELDS = ("image_size", "patch_size", "vision_width", "vision_layers", "vision_heads", "vision_mlp_ratio",
@@ -79,9 +80,11 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> clip_lib.
     ))
 
 
-def training_rows(data: dict[str, np.ndarray]) -> np.ndarray:
-    """Only canonical views of training objects are ever pre-trained on: no held-out object, no viewpoint-OOD view."""
-    return ~data["heldout"] & (data["view_split"] == multiview.CANONICAL)
+def training_rows(data: dict[str, np.ndarray], every_view: bool = False) -> np.ndarray:
+    """Only canonical views of training objects are pre-trained on: no held-out object, no viewpoint-OOD view. With
+    every_view (the ceiling gate's model, `CEILING_SUBDIR`) every view of the training objects."""
+    training = ~data["heldout"]
+    return training if every_view else training & (data["view_split"] == multiview.CANONICAL)
 
 
 def contrastive_loss(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array, log_logit_scale: jax.Array,
@@ -186,21 +189,23 @@ def _init_fn(model: clip_lib.CLIP):
 
 
 def pretrain_training(config: ml_collections.ConfigDict, data: dict[str, np.ndarray] | None,
-                      tokenizer: WordTokenizer) -> Training:
+                      tokenizer: WordTokenizer, every_view: bool = False) -> Training:
     """The from-scratch CLIP's training ("base", `BASE_SUBDIR`) on the training objects' canonical views, each with
-    its category-and-colour caption. `data` is needed only to train (its batches are made then)."""
+    its category-and-colour caption; with every_view, the ceiling's ("ceiling", `CEILING_SUBDIR`): the same on
+    every view of the training objects, with the same settings and seed. `data` is needed only to train (its
+    batches are made then)."""
     model = build_model(config, tokenizer.vocab_size)
     category_names, colour_names = multiview.category_names(), multiview.COLOUR_NAMES
 
     def batches():
-        rows = training_rows(data)
+        rows = training_rows(data, every_view)
         caption_index = data["category"] * len(colour_names) + data["colour"]
         arrays = {"image": data["image"][rows], "caption_index": caption_index[rows].astype(np.int32)}
         return ArrayBatches(arrays, batch_size=config.pretrain_batch_size, seed=config.seed,
                             process_index=jax.process_index(), process_count=jax.process_count())
 
     return Training(
-        name=BASE_SUBDIR,
+        name=CEILING_SUBDIR if every_view else BASE_SUBDIR,
         init_fn=_init_fn(model),
         loss_fn=make_loss_fn(model, captions_lib.caption_token_table(tokenizer, list(category_names),
                                                                      list(colour_names)),
@@ -208,7 +213,7 @@ def pretrain_training(config: ml_collections.ConfigDict, data: dict[str, np.ndar
         optimizer=make_optimizer(config),
         loop=loop_config(config, num_steps=config.pretrain_num_steps),
         batches=batches,
-        desc="omniview pre-train",
+        desc="omniview pre-train, every view (ceiling)" if every_view else "omniview pre-train",
         model=model,
     )
 

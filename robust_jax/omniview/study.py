@@ -28,12 +28,15 @@ from jax.sharding import Mesh
 
 from robust_jax.core import checks
 from robust_jax.core import mesh as mesh_lib
+from robust_jax.core.run import read_history
 from robust_jax.core.train import drive, train
 from robust_jax.data import multiview
 from robust_jax.data import mvcap
 from robust_jax.models import clip as clip_lib
 from robust_jax.omniview import base_model, evaluation, pretrain, report, tuning, tuning_data
 from robust_jax.omniview import captions as captions_lib
+from robust_jax.omniview import gates as gates_lib
+from robust_jax.omniview import zero_shot
 from robust_jax.omniview.zero_shot import TEMPLATE_SETS, normalise_images
 
 TUNE_DATA_SOURCES = ("procedural", "mvcap")
@@ -102,6 +105,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_bool("config.max_step_augment", config.max_step_augment)
     checks.check_choice("config.itc_targets", config.itc_targets, ("same_caption", "diagonal"))
     checks.check_bool("config.clamp_logit_scale", config.clamp_logit_scale)
+    checks.check_bool("config.ceiling", config.ceiling)
     checks.check_float("config.gradient_clip_norm", config.gradient_clip_norm, positive=True)
     checks.check_float("config.vi_weight", config.vi_weight, non_negative=True)
     checks.check_float("config.margin", config.margin, non_negative=True)
@@ -215,7 +219,8 @@ def paired_units(reports: dict, eval_set: dict) -> dict:
 
 
 def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
-    """Stage 1, "base" (when base_source is 'pretrain'), then stage 2: one training per variant, "tune_<variant>"
+    """Stage 1, "base" (when base_source is 'pretrain'; with config.ceiling also "ceiling", the ceiling gate's
+    CLIP pre-trained on every view), then stage 2: one training per variant, "tune_<variant>"
     (`tuning.VariantTraining`)."""
     del workdir
     if config.base_source == "pretrain":
@@ -223,6 +228,8 @@ def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
         pretrained = yield pretrain.pretrain_training(config, data, tokenizer)
         base = base_model.Base(model=pretrain.build_model(config, tokenizer.vocab_size),
                                variables=pretrained.state.params, tokenize=tokenizer)
+        if config.ceiling:
+            yield pretrain.pretrain_training(config, data, tokenizer, every_view=True)
     else:
         base = base_model.load_base(config)
     tuning_set = _tuning_data(config, data, base)
@@ -231,6 +238,19 @@ def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
                                      tuning_set.caption_tokens_KxVxL,
                                      tuning.steps_per_epoch(tuning_set.num_multiview_rows, config))
         yield tuning.variant_training(setup, f"tune_{name}", base, tuning_set, config)
+
+
+def _gates(config: ml_collections.ConfigDict, workdir: str, data: dict, base, epoch_steps: int) -> dict:
+    """The testbed's gates (`gates`): pixel 1-NN and the frozen base's linear probe per view kind, and each
+    variant's ITC and L_VI over its first and last epoch."""
+    encode_image, _ = evaluation.bound_encoders(
+        lambda p, x: base.model.apply(p, x, method=clip_lib.CLIP.encode_image),
+        lambda p, t: base.model.apply(p, t, method=clip_lib.CLIP.encode_text), base.variables)
+    embed = lambda images: zero_shot.image_embeddings(lambda x: encode_image(normalise_images(x)), images,  # noqa: E731
+                                                      config.eval_batch_size)
+    losses = {name: gates_lib.tuning_loss_gates(read_history(os.path.join(workdir, f"tune_{name}", "metrics.jsonl")),
+                                                epoch_steps, config.num_steps) for name in config.variants}
+    return {**gates_lib.pixel_gates(data), **gates_lib.probe_gates(data, embed, config.seed), "tuning_losses": losses}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
@@ -259,7 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
             lap(f"stage2_{training.name}_s")
         else:
             result = train(training, workdir, mesh=mesh)
-            lap("stage1_base_s")
+            lap(f"stage1_{training.name}_s")
         return result
 
     trained = drive(trainings(config, workdir, data), fit)
@@ -286,6 +306,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
                                  tuning.with_base(training.setup, params))
         lap(f"evaluate_{name}_s")
 
+    ceiling = trained.get(pretrain.CEILING_SUBDIR)
+    gates = _gates(config, workdir, data, base, epoch_steps)
+    if ceiling is not None:  # the same architecture trained on every view, evaluated as the base is
+        gates["ceiling"] = evaluate(lambda p, x: base.model.apply(p, x, method=clip_lib.CLIP.encode_image),
+                                    lambda p, t: base.model.apply(p, t, method=clip_lib.CLIP.encode_text),
+                                    ceiling[1].state.params)["zero_shot_top1"]
+    lap("gates_s")
     top1 = {name: r["zero_shot_top1"] for name, r in reports.items()}
     if jax.process_index() == 0:
         report.write_reports(top1, workdir)
@@ -305,5 +332,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
                    "steps_per_epoch": epoch_steps, "steps": config.num_steps},
         "splits": multiview.split_summary(data),
         "units": paired_units(reports, eval_set),
+        "gates": gates,
     }
     return {"metrics": metrics}

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import robust_jax
+from experiments import reproduce
 from robust_jax.configs import omniview as omniview_config
 from robust_jax.core import verdicts
 from robust_jax.core.checks import ConfigError
@@ -169,8 +170,25 @@ def test_tiny_preset_end_to_end(tmp_path, one_device):
     assert sorted(os.listdir(workdir / "tune_ovt" / "alignment")) == ["epoch_0000.safetensors",
                                                                        "epoch_0001.safetensors"]
     assert not (workdir / "tune_itc_only" / "alignment").exists()
+    # The gates: every view kind's pixel 1-NN, the probe per OOD kind, the ceiling as the base is evaluated, and
+    # each variant's losses over its first and last epoch.
+    gates = metrics["gates"]
+    assert set(gates["pixel_1nn"]) == set(gates["pixel_1nn_count"]) == {"canonical", "below", "above", "behind",
+                                                                        "rolled", "viewpoint_ood"}
+    assert gates["pixel_1nn_count"]["viewpoint_ood"] == metrics["zero_shot_count"]["viewpoint_ood"]
+    assert set(gates["linear_probe"]) == {"below", "above", "behind", "rolled", "viewpoint_ood"}
+    assert set(gates["ceiling"]) == set(metrics["zero_shot_top1"]["base"])
+    assert gates["ceiling"] != metrics["zero_shot_top1"]["base"]
+    assert set(gates["tuning_losses"]) == set(config.variants)
+    assert set(gates["tuning_losses"]["ovt"]) == {"itc_first", "itc_last", "itc_ratio", "l_vi_first", "l_vi_last",
+                                                  "l_vi_ratio"}
+    assert set(gates["tuning_losses"]["itc_only"]) == {"itc_first", "itc_last", "itc_ratio"}
+    # The report's gate rules (experiments/paper_figures.toml) read figures this run has.
+    paths = [entry[key] for entry in reproduce.load_figures()["figure"] if entry["study"] == "omniview"
+             for key in ("metric", "minus") if key in entry]
+    assert len(paths) == 7 and all(isinstance(reproduce.metric_at(metrics, path), float) for path in paths), paths
     run = robust_jax.load_run(str(workdir))
-    trainings = {"base", *(f"tune_{name}" for name in config.variants)}
+    trainings = {"base", "ceiling", *(f"tune_{name}" for name in config.variants)}
     assert set(run.model) == set(run.params) == set(run.history) == trainings
     assert run.history["tune_ovt"][-1]["step"] == config.num_steps
     assert run.metrics == metrics
@@ -220,7 +238,7 @@ def test_sigkill_inside_epochs_and_at_their_boundary_then_rerun_is_bitwise_ident
     sigkill.kill_inside(args, killed, "tune_ovt", first=17, last=24)
     sigkill.run(args, killed)
     config = load_config("omniview:tiny", [tuple(arg[len("--config."):].split("=", 1)) for arg in overrides])
-    assert sigkill.compare_runs(config, whole, killed) == ["base", "tune_ovt"]
+    assert sigkill.compare_runs(config, whole, killed) == ["base", "ceiling", "tune_ovt"]
     for epoch in range(3):
         name = f"epoch_{epoch:04d}.safetensors"
         assert (whole / "tune_ovt" / "alignment" / name).read_bytes() == \
