@@ -11,10 +11,10 @@ pre-training has pretrain_* fields.
 Presets:
   tiny   seconds; tests and Colab (3 objects per category at 16 px, 4 + 4 steps). Accuracies are not meaningful.
   cpu    (default) 40 objects per category (10 held out), 16 views each, 32 px; a small CLIP pre-trained 1,200 steps;
-         every variant tuned 600 steps, AdamW lr 1e-4. 2-core CPU: 5 min 52 s in `make reproduce` (2026-11-30,
-         multi-view set cached); 17.2 min with the 2 cores shared (load average 5-7).
-         Expected zero-shot top-1 (%) canonical / viewpoint-OOD / corrupted: base 87.0 / 35.1 / 66.6, ovt 85.0 /
-         36.1 / 66.2: about +1 point viewpoint-OOD, not the paper's +10 (the paired verdicts: results/REPORT.md).
+         every variant tuned 600 steps, AdamW lr 1e-4; the ceiling gate's CLIP pre-trained on every view. Idle 2-core
+         AMD EPYC: 6 min 33 s (2026-12-07). Expected zero-shot top-1 (%) canonical / viewpoint-OOD / corrupted:
+         base 87.0 / 35.5 / 66.7, ovt 85.1 / 36.0 / 66.3: +0.5 point viewpoint-OOD, not the paper's +10; the
+         gates say why (ceiling 42.8 viewpoint-OOD, ITC down 6%; results/REPORT.md, docs/results/omniview.md).
   paper  for accelerators (not run): ViT-B/32 from an OpenCLIP safetensors file (base_path, base_model_name; or
          base_source='huggingface'), MVCap-style metadata (mvcap_metadata, image_caption_metadata), batch 512 + 256,
          AdamW 5e-5 with the cosine stepped per epoch, the max step on augmented images, diagonal ITC targets
