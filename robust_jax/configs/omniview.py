@@ -9,7 +9,7 @@ variant (ovt, itc_only, random_views, lora_only, viformer_only, full_ft). The tr
 pre-training has pretrain_* fields.
 
 Presets:
-  tiny   seconds; tests and Colab (3 objects per category at 16 px, 4 + 4 steps). Accuracies are not meaningful.
+  tiny   seconds; tests and Colab (3 objects per category at 16 px, 4 steps per training); accuracies meaningless.
   cpu    (default) 40 objects per category (10 held out), 16 views each, 32 px; a small CLIP pre-trained 1,200 steps;
          every variant tuned 600 steps, AdamW lr 1e-4; the ceiling gate's CLIP pre-trained on every view. Idle 2-core
          AMD EPYC: 6 min 33 s (2026-12-07). Expected zero-shot top-1 (%) canonical / viewpoint-OOD / corrupted:
@@ -18,11 +18,11 @@ Presets:
   paper  for accelerators (not run): ViT-B/32 from an OpenCLIP safetensors file (base_path, base_model_name; or
          base_source='huggingface'), MVCap-style metadata (mvcap_metadata, image_caption_metadata), batch 512 + 256,
          AdamW 5e-5 with the cosine stepped per epoch, the max step on augmented images, diagonal ITC targets
-         and an unclamped temperature (the official code's), 80 OpenAI templates; evaluated at 224 px. Set base_path, bpe_vocab_path and the metadata paths.
+         and an unclamped temperature (the official code's), 80 OpenAI templates; evaluated at 224 px. Set
+         base_path, bpe_vocab_path and the metadata paths.
 
-Results: results.json metrics zero_shot_top1[model][split], zero_shot_top5, targets, trainable_parameters, splits;
-zero_shot_top1.{md,csv,png}, multiview_grid.png, timings.json. Override fields with --config.<field>=<value>.
-Measurements and history: docs/results/omniview.md
+Results: results.json metrics zero_shot_top1[model][split], zero_shot_top5, targets, trainable_parameters, splits,
+gates; zero_shot_top1.{md,csv,png}, multiview_grid.png, timings.json. History: docs/results/omniview.md
 """
 
 import ml_collections

@@ -240,12 +240,16 @@ def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
         yield tuning.variant_training(setup, f"tune_{name}", base, tuning_set, config)
 
 
+def _clip_encoders(model: clip_lib.CLIP) -> tuple:
+    """(encode_image_fn(params, images), encode_text_fn(params, token_ids)) of a plain CLIP (the base, the ceiling)."""
+    return (lambda p, x: model.apply(p, x, method=clip_lib.CLIP.encode_image),
+            lambda p, t: model.apply(p, t, method=clip_lib.CLIP.encode_text))
+
+
 def _gates(config: ml_collections.ConfigDict, workdir: str, data: dict, base, epoch_steps: int) -> dict:
     """The testbed's gates (`gates`): pixel 1-NN and the frozen base's linear probe per view kind, and each
     variant's ITC and L_VI over its first and last epoch."""
-    encode_image, _ = evaluation.bound_encoders(
-        lambda p, x: base.model.apply(p, x, method=clip_lib.CLIP.encode_image),
-        lambda p, t: base.model.apply(p, t, method=clip_lib.CLIP.encode_text), base.variables)
+    encode_image, _ = evaluation.bound_encoders(*_clip_encoders(base.model), base.variables)
     embed = lambda images: zero_shot.image_embeddings(lambda x: encode_image(normalise_images(x)), images,  # noqa: E731
                                                       config.eval_batch_size)
     losses = {name: gates_lib.tuning_loss_gates(read_history(os.path.join(workdir, f"tune_{name}", "metrics.jsonl")),
@@ -293,9 +297,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
         return evaluation.zero_shot_top1(encode_image, encode_text, base.tokenize, eval_set, templates,
                                          config.eval_batch_size, normalise_images)
 
-    reports = {"base": evaluate(lambda p, x: base.model.apply(p, x, method=clip_lib.CLIP.encode_image),
-                                lambda p, t: base.model.apply(p, t, method=clip_lib.CLIP.encode_text),
-                                base.variables)}
+    reports = {"base": evaluate(*_clip_encoders(base.model), base.variables)}
     lap("evaluate_base_s")
     trainable = {}
     for name in config.variants:
@@ -309,9 +311,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     ceiling = trained.get(pretrain.CEILING_SUBDIR)
     gates = _gates(config, workdir, data, base, epoch_steps)
     if ceiling is not None:  # the same architecture trained on every view, evaluated as the base is
-        gates["ceiling"] = evaluate(lambda p, x: base.model.apply(p, x, method=clip_lib.CLIP.encode_image),
-                                    lambda p, t: base.model.apply(p, t, method=clip_lib.CLIP.encode_text),
-                                    ceiling[1].state.params)["zero_shot_top1"]
+        gates["ceiling"] = evaluate(*_clip_encoders(base.model), ceiling[1].state.params)["zero_shot_top1"]
     lap("gates_s")
     top1 = {name: r["zero_shot_top1"] for name, r in reports.items()}
     if jax.process_index() == 0:
