@@ -67,6 +67,7 @@ def get_config(preset: str = "cpu") -> ml_collections.ConfigDict:
     c.pretrain_warmup_steps = 100
     c.pretrain_weight_decay = 0.05
     c.pretrain_max_shift = 2
+    c.pretrain_rotation_degrees = 0.0  # > 0: also rotated by up to this many degrees either way, as tuning rotates
     c.ceiling = True  # the gate's ceiling: the same CLIP pre-trained on every view too (base_source 'pretrain' only)
     # stage 2: tuning
     c.variants = ALL_VARIANTS

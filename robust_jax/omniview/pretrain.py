@@ -24,6 +24,7 @@ from robust_jax.data import multiview
 from robust_jax.data.array_batches import ArrayBatches
 from robust_jax.models import clip as clip_lib
 from robust_jax.models.word_tokenizer import WordTokenizer
+from robust_jax.omniview import augment
 from robust_jax.omniview import captions as captions_lib
 from robust_jax.omniview import zero_shot
 
@@ -64,6 +65,8 @@ def check_pretrain_fields(config: ml_collections.ConfigDict, device_count: int) 
                        at_most=1.0)
     checks.check_int("config.pretrain_max_shift", config.pretrain_max_shift, minimum=0,
                      maximum=config.image_size // 4)
+    checks.check_float("config.pretrain_rotation_degrees", config.pretrain_rotation_degrees, non_negative=True,
+                       at_most=180.0)
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> clip_lib.CLIP:
@@ -113,12 +116,26 @@ def contrastive_loss(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array, log_logi
     return 0.5 * (loss_i2t + loss_t2i), hit.mean()
 
 
-def augment_images(images_BxHxWxC: jax.Array, key: jax.Array, max_shift: int) -> jax.Array:
-    """Random horizontal flip and translation by up to `max_shift` pixels (edge padding), per example."""
-    batch, height, width, _ = images_BxHxWxC.shape
+def augment_images(images_BxHxWxC: jax.Array, key: jax.Array, max_shift: int,
+                   max_rotation_degrees: float = 0.0) -> jax.Array:
+    """Random horizontal flip and translation by up to `max_shift` pixels (edge padding), per example; with
+    max_rotation_degrees > 0 then a rotation by U(-max, max) degrees about the centre (`augment.affine_warp`, edges
+    extended), the tuning stage's rotation."""
+    batch = images_BxHxWxC.shape[0]
     flip_key, shift_key = jax.random.split(key)
     flip_B = jax.random.bernoulli(flip_key, 0.5, (batch,))
     images_BxHxWxC = jnp.where(flip_B[:, None, None, None], images_BxHxWxC[:, :, ::-1], images_BxHxWxC)
+    images_BxHxWxC = _shift(images_BxHxWxC, shift_key, max_shift)
+    if max_rotation_degrees == 0:
+        return images_BxHxWxC
+    # A key of its own (fold_in), so the flip and shift draws stay those of a run without rotation.
+    angle_B = jax.random.uniform(jax.random.fold_in(key, 1), (batch,), minval=-max_rotation_degrees,
+                                 maxval=max_rotation_degrees)
+    return augment.affine_warp(images_BxHxWxC, angle_B, jnp.zeros((batch, 2), jnp.float32))
+
+
+def _shift(images_BxHxWxC: jax.Array, shift_key: jax.Array, max_shift: int) -> jax.Array:
+    batch, height, width, _ = images_BxHxWxC.shape
     if max_shift == 0:
         return images_BxHxWxC
     padded = jnp.pad(images_BxHxWxC, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="edge")
@@ -143,7 +160,7 @@ def sample_caption_tokens(caption_tokens_KxVxL: jax.Array, caption_index_B: jax.
 
 
 def make_loss_fn(model: clip_lib.CLIP, caption_tokens_KxVxL: np.ndarray, drop_colour_probability: float,
-                 max_shift: int):
+                 max_shift: int, max_rotation_degrees: float = 0.0):
     caption_tokens = jnp.asarray(caption_tokens_KxVxL)
     mean, std = jnp.asarray(zero_shot.CLIP_MEAN), jnp.asarray(zero_shot.CLIP_STD)
 
@@ -153,7 +170,7 @@ def make_loss_fn(model: clip_lib.CLIP, caption_tokens_KxVxL: np.ndarray, drop_co
         token_ids_BxL = sample_caption_tokens(caption_tokens, batch["caption_index"], caption_key,
                                               drop_colour_probability)
         images = (batch["image"].astype(jnp.float32) / 255.0 - mean) / std
-        images = augment_images(images, image_key, max_shift)
+        images = augment_images(images, image_key, max_shift, max_rotation_degrees)
         image_emb = model.apply(params, images, method=clip_lib.CLIP.encode_image)
         text_emb = model.apply(params, token_ids_BxL, method=clip_lib.CLIP.encode_text)
         loss, accuracy = contrastive_loss(image_emb, text_emb, params["params"]["logit_scale"], token_ids_BxL)
@@ -209,7 +226,8 @@ def pretrain_training(config: ml_collections.ConfigDict, data: dict[str, np.ndar
         init_fn=_init_fn(model),
         loss_fn=make_loss_fn(model, captions_lib.caption_token_table(tokenizer, list(category_names),
                                                                      list(colour_names)),
-                             config.drop_colour_probability, config.pretrain_max_shift),
+                             config.drop_colour_probability, config.pretrain_max_shift,
+                             config.pretrain_rotation_degrees),
         optimizer=make_optimizer(config),
         loop=loop_config(config, num_steps=config.pretrain_num_steps),
         batches=batches,

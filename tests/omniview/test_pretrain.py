@@ -4,6 +4,7 @@ captions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 import pytest
 
 from robust_jax.configs import omniview as omniview_config
@@ -85,6 +86,20 @@ def test_augment_flips_or_shifts_only(key):
                    for c in candidates for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
+def test_augment_rotation_is_the_documented_draw_against_scipy(key):
+    """With pretrain_rotation_degrees > 0: flip (as without), then a rotation by U(-max, max) degrees from
+    fold_in(key, 1), each image checked against scipy.ndimage.rotate (bilinear, edges extended)."""
+    images = jax.random.uniform(key, (8, 12, 12, 3))
+    augment_key = jax.random.key(3)
+    out = np.asarray(pretrain.augment_images(images, augment_key, max_shift=0, max_rotation_degrees=40.0))
+    flipped = np.asarray(pretrain.augment_images(images, augment_key, max_shift=0))
+    angles = np.asarray(jax.random.uniform(jax.random.fold_in(augment_key, 1), (8,), minval=-40.0, maxval=40.0))
+    assert np.abs(angles).max() > 5.0  # the draw rotates visibly
+    for source, result, angle in zip(flipped, out, angles):
+        expected = scipy.ndimage.rotate(source, float(angle), axes=(1, 0), reshape=False, order=1, mode="nearest")
+        np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
 def test_training_rows_exclude_heldout_objects_and_ood_views(tmp_path):
     data = multiview.make_multiview_dataset(3, 8, 16, seed=0, cache_dir=tmp_path)
     rows = pretrain.training_rows(data)
@@ -110,6 +125,7 @@ def test_caption_table_covers_every_category_and_colour():
     ("heldout_fraction", 0.0, r"config\.heldout_fraction=0\.0 .*> 0"),
     ("pretrain_warmup_steps", 10_000, r"config\.pretrain_warmup_steps=10000 .*config\.pretrain_num_steps"),
     ("vision_heads", 7, r"config\.vision_width=32 .*divisible by config\.vision_heads"),
+    ("pretrain_rotation_degrees", 200.0, r"config\.pretrain_rotation_degrees=200\.0 .*180"),
 ])
 def test_bad_pretrain_config_is_refused(field, value, message):
     config = omniview_config.get_config("tiny")
