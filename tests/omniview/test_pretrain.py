@@ -4,8 +4,8 @@ captions."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
 import pytest
+import scipy.ndimage
 
 from robust_jax.configs import omniview as omniview_config
 from robust_jax.core.checks import ConfigError
