@@ -51,10 +51,16 @@ def corrupt(image_HxWxC: np.ndarray, kind: str, rng: np.random.Generator) -> np.
     return np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def evaluation_set(data: dict[str, np.ndarray], seed: int) -> dict:
+def evaluation_set(data: dict[str, np.ndarray], seed: int, headline_view_kinds: Sequence[str] | None = None) -> dict:
     """{'image' uint8 (M, S, S, 3), 'label' (M,), 'object' (M,) the object_id each image shows, 'groups': {split:
     (M,) bool}, 'class_names'}: the held-out objects' views, then their canonical views corrupted by each kind in
-    turn."""
+    turn. groups['viewpoint_ood'] holds the OOD views of headline_view_kinds (default: every OOD kind),
+    'viewpoint_ood_all' those of every kind, 'ood_<kind>' each kind's."""
+    ood_kinds = [k for k in multiview.VIEW_KINDS if k != "canonical"]
+    headline = ood_kinds if headline_view_kinds is None else list(headline_view_kinds)
+    unknown = sorted(set(headline) - set(ood_kinds))
+    if unknown:
+        raise ValueError(f"headline_view_kinds {unknown} are not OOD view kinds; allowed: {ood_kinds}")
     heldout = data["heldout"]
     views = np.flatnonzero(heldout)
     canonical = np.flatnonzero(heldout & (data["view_split"] == multiview.CANONICAL))
@@ -66,8 +72,10 @@ def evaluation_set(data: dict[str, np.ndarray], seed: int) -> dict:
     source = np.concatenate([np.zeros(num_views, int)] + [np.full(num_canonical, k + 1) for k in range(3)])
     kind = np.concatenate([data["view_kind"][views], np.full(len(CORRUPTIONS) * num_canonical, -1)])
     split = np.concatenate([data["view_split"][views], np.full(len(CORRUPTIONS) * num_canonical, -1)])
+    headline_index = [multiview.VIEW_KINDS.index(k) for k in headline]
     groups = {"canonical": (source == 0) & (split == multiview.CANONICAL),
-              "viewpoint_ood": (source == 0) & (split == multiview.VIEWPOINT_OOD)}
+              "viewpoint_ood": (source == 0) & np.isin(kind, headline_index),
+              "viewpoint_ood_all": (source == 0) & (split == multiview.VIEWPOINT_OOD)}
     for kind_index, kind_name in enumerate(multiview.VIEW_KINDS):
         if kind_name != "canonical":
             groups[f"ood_{kind_name}"] = (source == 0) & (kind == kind_index)

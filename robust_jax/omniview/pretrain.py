@@ -60,6 +60,11 @@ def check_pretrain_fields(config: ml_collections.ConfigDict, device_count: int) 
     if config.pretrain_warmup_steps >= config.pretrain_num_steps:
         checks.fail("config.pretrain_warmup_steps", config.pretrain_warmup_steps,
                     f"must be < config.pretrain_num_steps ({config.pretrain_num_steps})")
+    checks.check_int("config.ceiling_num_steps", config.ceiling_num_steps, minimum=0)
+    if 0 < config.ceiling_num_steps <= config.pretrain_warmup_steps:
+        checks.fail("config.ceiling_num_steps", config.ceiling_num_steps,
+                    f"must be 0 (as many epochs as the base) or > config.pretrain_warmup_steps "
+                    f"({config.pretrain_warmup_steps})")
     checks.check_float("config.pretrain_weight_decay", config.pretrain_weight_decay, non_negative=True)
     checks.check_float("config.drop_colour_probability", config.drop_colour_probability, non_negative=True,
                        at_most=1.0)
@@ -114,6 +119,14 @@ def contrastive_loss(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array, log_logi
     loss_t2i = optax.softmax_cross_entropy(logits_BxB.T, targets_BxB).mean()
     hit = jnp.take_along_axis(positive_BxB, jnp.argmax(logits_BxB, axis=1)[:, None], axis=1)[:, 0]
     return 0.5 * (loss_i2t + loss_t2i), hit.mean()
+
+
+def contrastive_floor(token_ids_BxL: jax.Array) -> jax.Array:
+    """The lowest value `contrastive_loss` can take on a batch with these captions, under either target rule: the
+    mean over captions of log(its copies in the batch, itself included). Identical captions have one text embedding,
+    so no image can tell them apart: each of k copies gets at most 1/k of the probability."""
+    copies_B = jnp.sum(jnp.all(token_ids_BxL[:, None, :] == token_ids_BxL[None, :, :], axis=-1), axis=1)
+    return jnp.mean(jnp.log(copies_B.astype(jnp.float32)))
 
 
 def augment_images(images_BxHxWxC: jax.Array, key: jax.Array, max_shift: int,
@@ -180,9 +193,20 @@ def make_loss_fn(model: clip_lib.CLIP, caption_tokens_KxVxL: np.ndarray, drop_co
     return loss_fn
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def ceiling_num_steps(config: ml_collections.ConfigDict) -> int:
+    """The ceiling's steps: config.ceiling_num_steps, or (0) as many epochs as the base: pretrain_num_steps times
+    the views per object over the canonical views per object."""
+    if config.ceiling_num_steps:
+        return int(config.ceiling_num_steps)
+    num_canonical = int(round(config.canonical_fraction * config.views_per_object))
+    return int(round(config.pretrain_num_steps * config.views_per_object / max(num_canonical, 1)))
+
+
+def make_optimizer(config: ml_collections.ConfigDict, num_steps: int | None = None) -> optax.GradientTransformation:
+    """AdamW with a linear warm-up and a cosine to 1% over num_steps (default config.pretrain_num_steps)."""
+    num_steps = config.pretrain_num_steps if num_steps is None else num_steps
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.pretrain_learning_rate, config.pretrain_warmup_steps,
-                                                  config.pretrain_num_steps,
+                                                  num_steps,
                                                   end_value=config.pretrain_learning_rate * 0.01)
     # No weight decay on gains, biases, embeddings of one vector and the temperature, as in CLIP.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
@@ -192,7 +216,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 def build_tokenizer(config: ml_collections.ConfigDict) -> WordTokenizer:
-    return captions_lib.build_tokenizer(multiview.category_names(), multiview.COLOUR_NAMES, config.context_length)
+    """The words of the training captions and prompts; the category-free captions' noun too when tuning uses them
+    (config.category_free_fraction > 0; otherwise the vocabulary, and so the initial weights, stay as before)."""
+    return captions_lib.build_tokenizer(multiview.category_names(), multiview.COLOUR_NAMES, config.context_length,
+                                        generic=config.category_free_fraction > 0)
 
 
 def _init_fn(model: clip_lib.CLIP):
@@ -209,9 +236,10 @@ def pretrain_training(config: ml_collections.ConfigDict, data: dict[str, np.ndar
                       tokenizer: WordTokenizer, every_view: bool = False) -> Training:
     """The from-scratch CLIP's training ("base", `BASE_SUBDIR`) on the training objects' canonical views, each with
     its category-and-colour caption; with every_view, the ceiling's ("ceiling", `CEILING_SUBDIR`): the same on
-    every view of the training objects, with the same settings and seed. `data` is needed only to train (its
-    batches are made then)."""
+    every view of the training objects, with the same settings and seed, for `ceiling_num_steps`. `data` is needed
+    only to train (its batches are made then)."""
     model = build_model(config, tokenizer.vocab_size)
+    num_steps = ceiling_num_steps(config) if every_view else config.pretrain_num_steps
     category_names, colour_names = multiview.category_names(), multiview.COLOUR_NAMES
 
     def batches():
@@ -228,8 +256,8 @@ def pretrain_training(config: ml_collections.ConfigDict, data: dict[str, np.ndar
                                                                      list(colour_names)),
                              config.drop_colour_probability, config.pretrain_max_shift,
                              config.pretrain_rotation_degrees),
-        optimizer=make_optimizer(config),
-        loop=loop_config(config, num_steps=config.pretrain_num_steps),
+        optimizer=make_optimizer(config, num_steps),
+        loop=loop_config(config, num_steps=num_steps),
         batches=batches,
         desc="omniview pre-train, every view (ceiling)" if every_view else "omniview pre-train",
         model=model,

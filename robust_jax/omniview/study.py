@@ -33,7 +33,7 @@ from robust_jax.core.train import drive, train
 from robust_jax.data import multiview
 from robust_jax.data import mvcap
 from robust_jax.models import clip as clip_lib
-from robust_jax.omniview import base_model, evaluation, pretrain, report, tuning, tuning_data
+from robust_jax.omniview import base_model, evaluation, pretrain, report, tuning, tuning_data, tuning_params
 from robust_jax.omniview import captions as captions_lib
 from robust_jax.omniview import gates as gates_lib
 from robust_jax.omniview import zero_shot
@@ -80,6 +80,11 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
         checks.fail("config.data_cache_dir", config.data_cache_dir, "expected a path string ('' for the default cache)")
     checks.check_float("config.drop_colour_probability", config.drop_colour_probability, non_negative=True,
                        at_most=1.0)
+    checks.check_float("config.category_free_fraction", config.category_free_fraction, non_negative=True,
+                       at_most=1.0)
+    checks.check_nonempty_unique("config.headline_view_kinds", config.headline_view_kinds)
+    for i, kind in enumerate(config.headline_view_kinds):
+        checks.check_choice(f"config.headline_view_kinds[{i}]", kind, OOD_VIEW_KINDS)
     # stage 1
     checks.check_choice("config.base_source", config.base_source, base_model.BASE_SOURCES)
     if config.base_source in ("pretrain", "workdir"):
@@ -106,6 +111,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_choice("config.itc_targets", config.itc_targets, ("same_caption", "diagonal"))
     checks.check_bool("config.clamp_logit_scale", config.clamp_logit_scale)
     checks.check_bool("config.ceiling", config.ceiling)
+    checks.check_int("config.tuning_seeds", config.tuning_seeds, minimum=1)
     checks.check_float("config.gradient_clip_norm", config.gradient_clip_norm, positive=True)
     checks.check_float("config.vi_weight", config.vi_weight, non_negative=True)
     checks.check_float("config.margin", config.margin, non_negative=True)
@@ -113,6 +119,7 @@ def check_config(config: ml_collections.ConfigDict, device_count: int | None = N
     checks.check_float("config.max_translation", config.max_translation, non_negative=True, at_most=0.5)
     checks.check_int("config.lora_rank", config.lora_rank, minimum=1)
     checks.check_float("config.lora_alpha", config.lora_alpha, positive=True)
+    checks.check_choice("config.lora_targets", config.lora_targets, tuple(tuning_params.LORA_TARGETS))
     checks.check_int("config.viformer_layers", config.viformer_layers, minimum=1)
     checks.check_int("config.viformer_heads", config.viformer_heads, minimum=1)
     checks.check_int("config.viformer_mlp_dim", config.viformer_mlp_dim, minimum=1)
@@ -165,8 +172,10 @@ def _tuning_data(config, data, base: base_model.Base) -> tuning_data.TuningData:
                                                 base.model.config.vision.image_size, base.tokenize)
     category_names = [str(n) for n in data["category_names"]]
     colour_names = [str(n) for n in data["colour_names"]]
-    table = captions_lib.caption_token_table(base.tokenize, category_names, colour_names)
-    return tuning_data.procedural_tuning_data(data, config.tune_view_kinds, table)
+    generic = config.category_free_fraction > 0
+    table = captions_lib.caption_token_table(base.tokenize, category_names, colour_names, generic=generic)
+    return tuning_data.procedural_tuning_data(data, config.tune_view_kinds, table, config.category_free_fraction,
+                                              config.seed)
 
 
 def _save_grid(config, data, workdir) -> None:
@@ -175,6 +184,18 @@ def _save_grid(config, data, workdir) -> None:
     num_canonical = multiview.split_summary(data)["views_per_object"]["canonical"]
     views = list(range(min(4, num_canonical))) + list(range(num_canonical, config.views_per_object))[:8]
     multiview.save_grid_png(data, os.path.join(workdir, "multiview_grid.png"), objects=first_object, views=views)
+
+
+def _mean_over_seeds(reports: list[dict]) -> dict:
+    """One variant's report over its tuning seeds: accuracies averaged over the seeds (every seed is evaluated on
+    the same images), and top1_correct the fraction of the seeds that name each image right (so that the per-object
+    units are averages over the seeds)."""
+    if len(reports) == 1:
+        return reports[0]
+    mean = {key: {split: float(np.mean([r[key][split] for r in reports])) for split in reports[0][key]}
+            for key in ("zero_shot_top1", "zero_shot_top5")}
+    correct = np.mean([np.asarray(r["top1_correct"], float) for r in reports], axis=0)
+    return {**mean, "zero_shot_count": reports[0]["zero_shot_count"], "top1_correct": correct}
 
 
 def _num_trainable(params) -> int:
@@ -220,8 +241,8 @@ def paired_units(reports: dict, eval_set: dict) -> dict:
 
 def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
     """Stage 1, "base" (when base_source is 'pretrain'; with config.ceiling also "ceiling", the ceiling gate's
-    CLIP pre-trained on every view), then stage 2: one training per variant, "tune_<variant>"
-    (`tuning.VariantTraining`)."""
+    CLIP pre-trained on every view), then stage 2: one training per variant and tuning seed,
+    "tune_<variant>[_seed<k>]" (`tuning.VariantTraining`, `tuning.training_name`), all of seed 0 first."""
     del workdir
     if config.base_source == "pretrain":
         tokenizer = pretrain.build_tokenizer(config)
@@ -233,11 +254,13 @@ def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
     else:
         base = base_model.load_base(config)
     tuning_set = _tuning_data(config, data, base)
-    for name in config.variants:
-        setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, config,
-                                     tuning_set.caption_tokens_KxVxL,
-                                     tuning.steps_per_epoch(tuning_set.num_multiview_rows, config))
-        yield tuning.variant_training(setup, f"tune_{name}", base, tuning_set, config)
+    for offset in range(config.tuning_seeds):
+        seed_config = tuning.seeded(config, offset)
+        for name in config.variants:
+            setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, seed_config,
+                                         tuning_set.caption_tokens_KxVxL,
+                                         tuning.steps_per_epoch(tuning_set.num_multiview_rows, seed_config))
+            yield tuning.variant_training(setup, tuning.training_name(name, offset), base, tuning_set, seed_config)
 
 
 def _clip_encoders(model: clip_lib.CLIP) -> tuple:
@@ -252,9 +275,15 @@ def _gates(config: ml_collections.ConfigDict, workdir: str, data: dict, base, ep
     encode_image, _ = evaluation.bound_encoders(*_clip_encoders(base.model), base.variables)
     embed = lambda images: zero_shot.image_embeddings(lambda x: encode_image(normalise_images(x)), images,  # noqa: E731
                                                       config.eval_batch_size)
-    losses = {name: gates_lib.tuning_loss_gates(read_history(os.path.join(workdir, f"tune_{name}", "metrics.jsonl")),
-                                                epoch_steps, config.num_steps) for name in config.variants}
-    return {**gates_lib.pixel_gates(data), **gates_lib.probe_gates(data, embed, config.seed), "tuning_losses": losses}
+    losses = {}
+    for offset in range(config.tuning_seeds):
+        for name in config.variants:
+            run_name = tuning.training_name(name, offset)
+            losses[run_name.removeprefix("tune_")] = gates_lib.tuning_loss_gates(
+                read_history(os.path.join(workdir, run_name, "metrics.jsonl")), epoch_steps, config.num_steps)
+    kinds = tuple(config.headline_view_kinds)
+    return {**gates_lib.pixel_gates(data, kinds), **gates_lib.probe_gates(data, embed, config.seed, kinds),
+            "tuning_losses": losses}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict:
@@ -279,7 +308,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
 
     def fit(training):
         if isinstance(training, tuning.VariantTraining):
-            result = tuning.tune(training, workdir, config, mesh=mesh)
+            result = tuning.tune(training, workdir, mesh=mesh)
             lap(f"stage2_{training.name}_s")
         else:
             result = train(training, workdir, mesh=mesh)
@@ -289,7 +318,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
     trained = drive(trainings(config, workdir, data), fit)
     first = trained[f"tune_{config.variants[0]}"][0]  # every variant tunes the same base on the same set
     base, tuning_set, epoch_steps = first.base, first.tuning_set, first.epoch_steps
-    eval_set = evaluation.evaluation_set(data, config.seed)
+    eval_set = evaluation.evaluation_set(data, config.seed, tuple(config.headline_view_kinds))
     templates = TEMPLATE_SETS[config.prompt_templates]
 
     def evaluate(encode_image_fn, encode_text_fn, params):
@@ -299,13 +328,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
 
     reports = {"base": evaluate(*_clip_encoders(base.model), base.variables)}
     lap("evaluate_base_s")
-    trainable = {}
+    trainable, per_seed = {}, {}
     for name in config.variants:
-        training, result = trained[f"tune_{name}"]
-        params = result.state.params
-        trainable[name] = _num_trainable(params)
-        reports[name] = evaluate(training.setup.tuned.encode_image, training.setup.tuned.encode_text,
-                                 tuning.with_base(training.setup, params))
+        seed_reports = []
+        for offset in range(config.tuning_seeds):
+            training, result = trained[tuning.training_name(name, offset)]
+            params = result.state.params
+            trainable[name] = _num_trainable(params)
+            seed_reports.append(evaluate(training.setup.tuned.encode_image, training.setup.tuned.encode_text,
+                                         tuning.with_base(training.setup, params)))
+        reports[name] = _mean_over_seeds(seed_reports)
+        per_seed[name] = [r["zero_shot_top1"] for r in seed_reports]
         lap(f"evaluate_{name}_s")
 
     ceiling = trained.get(pretrain.CEILING_SUBDIR)
@@ -324,6 +357,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
         "zero_shot_top1": top1,
         "zero_shot_top5": {name: r["zero_shot_top5"] for name, r in reports.items()},
         "zero_shot_count": reports["base"]["zero_shot_count"],
+        "zero_shot_top1_per_seed": per_seed,
         "targets": _headline(top1),
         "trainable_parameters": trainable,
         "tuning": {"multiview_pairs": tuning_set.num_multiview_rows,

@@ -55,7 +55,7 @@ from robust_jax.models import clip as clip_lib
 from robust_jax.models import lora as lora_lib
 from robust_jax.omniview import alignment
 from robust_jax.omniview.augment import AugmentedRows, random_rotate_translate
-from robust_jax.omniview.pretrain import contrastive_loss, sample_caption_tokens
+from robust_jax.omniview.pretrain import contrastive_floor, contrastive_loss, sample_caption_tokens
 from robust_jax.omniview.tuning_params import init_tuning_params
 from robust_jax.omniview.viformer import VIFormer, viewpoint_invariant_embedding
 from robust_jax.omniview.zero_shot import CLIP_MEAN, CLIP_STD
@@ -144,7 +144,7 @@ def make_init_fn(tuned: TunedCLIP, base_variables, variant: Variant, config: ml_
     def init_fn(key):
         fresh = init_tuning_params(key, base_shapes, tuned.clip.config.embed_dim,
                                    viformer=tuned.viformer or VIFormer(), lora_rank=config.lora_rank,
-                                   lora_alpha=config.lora_alpha)
+                                   lora_alpha=config.lora_alpha, lora_targets=config.lora_targets)
         fresh["clip_delta"] = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), base_shapes)
         return {part: fresh[part] for part in variant.trained_parts}, {}
 
@@ -154,14 +154,16 @@ def make_init_fn(tuned: TunedCLIP, base_variables, variant: Variant, config: ml_
 def learning_rate_schedule(config: ml_collections.ConfigDict, epoch_steps: int | None = None) -> optax.Schedule:
     """Cosine from learning_rate to end_learning_rate. lr_schedule_unit='step': over num_steps, a new rate every
     step; 'epoch' (the official code's CosineAnnealingLR(T_max=epochs), stepped once per epoch): over the
-    ceil(num_steps / epoch_steps) epochs, the rate of epoch e held for all its steps."""
+    ceil(num_steps / epoch_steps) epochs, the rate of epoch e held for all its steps (epoch_steps default:
+    config.steps_per_epoch)."""
     alpha = config.end_learning_rate / config.learning_rate
     if config.lr_schedule_unit == "step":
         return optax.cosine_decay_schedule(config.learning_rate, config.num_steps, alpha=alpha)
     if config.lr_schedule_unit != "epoch":
         raise ValueError(f"config.lr_schedule_unit={config.lr_schedule_unit!r}: expected 'step' or 'epoch'")
+    epoch_steps = epoch_steps or config.steps_per_epoch
     if not epoch_steps:
-        raise ValueError("lr_schedule_unit='epoch' needs the steps per epoch (epoch_steps)")
+        raise ValueError("lr_schedule_unit='epoch' needs the steps per epoch (epoch_steps, or config.steps_per_epoch)")
     per_epoch = optax.cosine_decay_schedule(config.learning_rate, math.ceil(config.num_steps / epoch_steps),
                                             alpha=alpha)
     return lambda step: per_epoch(step // epoch_steps)
@@ -209,7 +211,7 @@ def make_loss_fn(tuned: TunedCLIP, variant: Variant, config: ml_collections.Conf
         text_BxE = tuned.encode_text(params, token_ids_BxL)
         itc, accuracy = contrastive_loss(z_BxE, text_BxE, params["logit_scale"], token_ids_BxL,
                                          targets=config.itc_targets, clamp_logit_scale=config.clamp_logit_scale)
-        metrics = {"itc": itc, "batch_accuracy": accuracy}
+        metrics = {"itc": itc, "itc_floor": contrastive_floor(token_ids_BxL), "batch_accuracy": accuracy}
         loss = itc
         if aligned:
             row_B = batch["row"]
@@ -378,12 +380,13 @@ class VariantTraining(Training):
     """A variant's tuning: a `Training` whose constants (the max step's hard views and centres) are recomputed at
     every epoch from the parameters of the epoch's start (`tune`). setup: the variant's model and functions; base:
     the base CLIP it tunes (`base_model.Base`); tuning_set: its data (`tuning_data.TuningData`), whose multi-view
-    rows the max step embeds; epoch_steps: steps per epoch."""
+    rows the max step embeds; epoch_steps: steps per epoch; config: its config (`tune` defaults to it)."""
 
     setup: TuningSetup | None = None
     base: Any = None
     tuning_set: Any = None
     epoch_steps: int = 1
+    config: Any = None  # the config it tunes with (its seed may be another than the study's: `seeded`)
 
 
 def variant_training(setup: TuningSetup, name: str, base, tuning_set, config: ml_collections.ConfigDict
@@ -397,14 +400,30 @@ def variant_training(setup: TuningSetup, name: str, base, tuning_set, config: ml
         constants={"clip": setup.base_variables}, keys=tuple(jax.random.split(jax.random.key(config.seed))),
         desc=f"tune {setup.variant.name}", model=setup.tuned,
         variables=lambda params, model_state: with_base(setup, params), setup=setup, base=base,
-        tuning_set=tuning_set, epoch_steps=steps_per_epoch(tuning_set.num_multiview_rows, config))
+        tuning_set=tuning_set, epoch_steps=steps_per_epoch(tuning_set.num_multiview_rows, config), config=config)
 
 
-def tune(training: VariantTraining, workdir: str, config: ml_collections.ConfigDict, *,
+def seeded(config: ml_collections.ConfigDict, offset: int) -> ml_collections.ConfigDict:
+    """The config of tuning seed `offset` (0: config itself): seed config.seed + offset, every other field the same.
+    The seed decides the tuning's initialisation, batch order, step keys and max-step draws."""
+    if offset == 0:
+        return config
+    other = config.copy_and_resolve_references()
+    other.seed = config.seed + offset
+    return other
+
+
+def training_name(variant: str, offset: int) -> str:
+    """The workdir subfolder of a variant's tuning with seed offset `offset`: tune_<variant>[_seed<offset>]."""
+    return f"tune_{variant}" if offset == 0 else f"tune_{variant}_seed{offset}"
+
+
+def tune(training: VariantTraining, workdir: str, config: ml_collections.ConfigDict | None = None, *,
          mesh: Mesh | None = None) -> TrainResult:
     """Trains (or resumes) one variant in `workdir/<training.name>`, epoch by epoch: at each epoch's start the max
     step picks its targets from the current parameters (saved, so a resumed epoch reuses them), then the epoch's
-    steps train with them as constants."""
+    steps train with them as constants. config: default training.config."""
+    config = training.config if config is None else config
     mesh = mesh_lib.make_data_mesh() if mesh is None else mesh
     setup, run_dir, epoch_steps = training.setup, os.path.join(workdir, training.name), training.epoch_steps
     init_key, _ = training.keys

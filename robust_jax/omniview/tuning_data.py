@@ -3,7 +3,8 @@
 
 Procedural source (tiny and cpu presets): the training objects of the multi-view set (the held-out objects are never
 touched), their canonical views plus the views of the kinds in `config.tune_view_kinds` as multi-view pairs, and their
-canonical views as the 2D pairs. MVCap source (paper preset): `{path, caption, obj_id, img_id}` records for the
+canonical views as the 2D pairs; a share of the OOD views (`category_free_rows`) captioned without their category, as
+web captions of odd views often are. MVCap source (paper preset): `{path, caption, obj_id, img_id}` records for the
 multi-view pairs and `{path, caption}` records for the 2D pairs, decoded and tokenized batch by batch.
 """
 
@@ -16,6 +17,9 @@ import numpy as np
 
 from robust_jax.data import multiview
 from robust_jax.data import mvcap
+from robust_jax.omniview import captions as captions_lib
+
+CATEGORY_FREE_STREAM = 0x63667265  # seeds the draw of the category-free views with (seed, this)
 
 
 @dataclasses.dataclass
@@ -44,12 +48,30 @@ def views_per_tuning_object(views_per_object: int, canonical_fraction: float, tu
     return int(np.isin(kinds, tuning_view_kinds(tune_view_kinds)).sum())
 
 
+def category_free_rows(data: dict[str, np.ndarray], rows: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """round(fraction * n) of the n viewpoint-OOD views among `rows`, drawn without replacement from (seed,
+    CATEGORY_FREE_STREAM): the views whose captions name no category."""
+    ood = rows[data["view_split"][rows] == multiview.VIEWPOINT_OOD]
+    count = int(round(fraction * len(ood)))
+    return np.sort(np.random.default_rng([seed, CATEGORY_FREE_STREAM]).choice(ood, count, replace=False))
+
+
 def procedural_tuning_data(data: dict[str, np.ndarray], tune_view_kinds: Sequence[str],
-                           caption_tokens_KxVxL: np.ndarray) -> TuningData:
+                           caption_tokens_KxVxL: np.ndarray, category_free_fraction: float = 0.0,
+                           seed: int = 0) -> TuningData:
+    """With category_free_fraction > 0, `caption_tokens_KxVxL` must hold the category-free rows
+    (captions.caption_token_table(generic=True))."""
     training = ~data["heldout"]
     multiview_rows = np.flatnonzero(training & np.isin(data["view_kind"], tuning_view_kinds(tune_view_kinds)))
     image_text_rows = np.flatnonzero(training & (data["view_split"] == multiview.CANONICAL))
-    caption_index = (data["category"] * len(data["colour_names"]) + data["colour"]).astype(np.int32)
+    num_categories, num_colours = len(data["category_names"]), len(data["colour_names"])
+    caption_index = (data["category"] * num_colours + data["colour"]).astype(np.int32)
+    if category_free_fraction > 0:
+        if len(caption_tokens_KxVxL) != (num_categories + 1) * num_colours:
+            raise ValueError("category_free_fraction > 0 needs the caption table's category-free rows "
+                             "(captions.caption_token_table(..., generic=True))")
+        free = category_free_rows(data, multiview_rows, category_free_fraction, seed)
+        caption_index[free] = captions_lib.generic_caption_index(data["colour"][free], num_categories, num_colours)
     num_multiview = len(multiview_rows)
 
     def arrays(rows, row_ids, first_example_id):

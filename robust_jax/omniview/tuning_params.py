@@ -1,8 +1,8 @@
 """The trainable parameters of Omniview-Tuning, and how many there are.
 
 The CLIP backbone (both towers) stays frozen. Trained are: the VIFormer, LoRA adapters (rank 8, alpha 8) on the
-fused q|k|v projection (`in_proj`) of every vision attention block, and a new logit_scale initialised at
-log(1 / 0.07). The tree is {'viformer': {'params': ...}, 'lora': <robust_jax.models.lora tree>, 'logit_scale': ()}.
+fused q|k|v projection (`in_proj`) of every vision attention block (lora_targets='qkv', the official code's; 'blocks':
+every dense kernel of the vision blocks), and a new logit_scale initialised at log(1 / 0.07). The tree is {'viformer': {'params': ...}, 'lora': <robust_jax.models.lora tree>, 'logit_scale': ()}.
 """
 
 from __future__ import annotations
@@ -17,18 +17,24 @@ from robust_jax.models import lora as lora_lib
 from robust_jax.omniview.viformer import VIFormer
 
 VISION_QKV_PATTERN = r"^params/visual/transformer/resblocks_\d+/attn/in_proj/kernel$"
+# Every dense kernel of the vision blocks (q|k|v, the attention output, both MLP layers): for a small CLIP, whose
+# q|k|v adapters alone move it too little to learn unseen views (docs/results/omniview.md).
+VISION_BLOCKS_PATTERN = r"^params/visual/transformer/resblocks_\d+/(attn/in_proj|attn/out_proj|c_fc|c_proj)/kernel$"
+LORA_TARGETS = {"qkv": VISION_QKV_PATTERN, "blocks": VISION_BLOCKS_PATTERN}
 DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_ALPHA = 8.0
 INITIAL_LOG_LOGIT_SCALE = math.log(1 / 0.07)
 
 
 def init_tuning_params(key: jax.Array, clip_variables, embed_dim: int, *, viformer: VIFormer = VIFormer(),
-                       lora_rank: int = DEFAULT_LORA_RANK, lora_alpha: float = DEFAULT_LORA_ALPHA) -> dict:
-    """Fresh trainable parameters for a CLIP whose variables are `clip_variables` ({'params': ...})."""
+                       lora_rank: int = DEFAULT_LORA_RANK, lora_alpha: float = DEFAULT_LORA_ALPHA,
+                       lora_targets: str = "qkv") -> dict:
+    """Fresh trainable parameters for a CLIP whose variables are `clip_variables` ({'params': ...}); LoRA on the
+    kernels of LORA_TARGETS[lora_targets]."""
     viformer_key, lora_key = jax.random.split(key)
     return {
         "viformer": jax.jit(viformer.init)(viformer_key, jnp.zeros((1, embed_dim), jnp.float32)),
-        "lora": lora_lib.lora_init(clip_variables, VISION_QKV_PATTERN, rank=lora_rank, alpha=lora_alpha,
+        "lora": lora_lib.lora_init(clip_variables, LORA_TARGETS[lora_targets], rank=lora_rank, alpha=lora_alpha,
                                    key=lora_key),
         "logit_scale": jnp.asarray(INITIAL_LOG_LOGIT_SCALE, jnp.float32),
     }

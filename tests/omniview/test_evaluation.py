@@ -3,6 +3,7 @@
 import csv
 
 import numpy as np
+import pytest
 
 from robust_jax.data import multiview
 from robust_jax.omniview import evaluation, report, zero_shot
@@ -67,6 +68,20 @@ def test_evaluation_set_holds_only_heldout_objects(tmp_path):
         assert len(set(np.unique(eval_set["object"][groups[group]], return_counts=True)[1].tolist())) == 1
 
 
+def test_the_headline_group_holds_the_held_out_views_of_its_kinds_only(tmp_path):
+    data = multiview.make_multiview_dataset(3, 8, 16, seed=0, cache_dir=tmp_path)
+    groups = evaluation.evaluation_set(data, seed=0, headline_view_kinds=("below", "rolled"))["groups"]
+    held_out = np.flatnonzero(data["heldout"])  # the set's first images, in this order
+    kinds = np.asarray(multiview.VIEW_KINDS)[data["view_kind"][held_out]]
+    expected = np.zeros(len(groups["canonical"]), bool)
+    expected[:len(held_out)] = np.isin(kinds, ["below", "rolled"])
+    np.testing.assert_array_equal(groups["viewpoint_ood"], expected)
+    expected[:len(held_out)] = kinds != "canonical"
+    np.testing.assert_array_equal(groups["viewpoint_ood_all"], expected)
+    with pytest.raises(ValueError, match="canonical"):
+        evaluation.evaluation_set(data, seed=0, headline_view_kinds=("canonical",))
+
+
 def test_paired_units_are_per_object_accuracies():
     from robust_jax.omniview import study
 
@@ -79,6 +94,30 @@ def test_paired_units_are_per_object_accuracies():
     assert units["viewpoint_ood_top1"] == {"unit": "held-out object", "ids": ["3", "7"],
                                            "values": {"base": [0.0, 0.5], "ovt": [0.5, 1.0]}}
     assert units["canonical_top1"]["values"] == {"base": [1.0, 1.0], "ovt": [0.0, 1.0]}
+
+
+def test_a_variant_over_two_tuning_seeds_has_the_mean_of_their_accuracies_and_units():
+    from robust_jax.omniview import study, tuning
+    from robust_jax.configs import omniview as omniview_config
+
+    groups = {"viewpoint_ood": np.array([1, 1, 1, 1, 0, 0], bool), "canonical": np.array([0, 0, 0, 0, 1, 1], bool),
+              "corrupted": np.array([0, 0, 0, 0, 1, 1], bool)}
+    eval_set = {"object": np.array([7, 3, 7, 3, 3, 7]), "groups": groups}
+    seeds = [{"top1_correct": np.array([1, 1, 1, 0, 0, 1], bool), "zero_shot_top1": {"viewpoint_ood": 0.75},
+              "zero_shot_top5": {"viewpoint_ood": 1.0}, "zero_shot_count": {"viewpoint_ood": 4}},
+             {"top1_correct": np.array([0, 1, 0, 0, 1, 1], bool), "zero_shot_top1": {"viewpoint_ood": 0.25},
+              "zero_shot_top5": {"viewpoint_ood": 0.5}, "zero_shot_count": {"viewpoint_ood": 4}}]
+    mean = study._mean_over_seeds(seeds)
+    assert mean["zero_shot_top1"] == {"viewpoint_ood": 0.5} and mean["zero_shot_top5"] == {"viewpoint_ood": 0.75}
+    units = study.paired_units({"ovt": mean}, eval_set)["viewpoint_ood_top1"]["values"]["ovt"]
+    # object 3: views 1 and 3, right 1 + 0 times in seed 0 and 1 + 0 in seed 1; object 7: views 0 and 2, 2 and 0
+    assert units == [0.5, 0.5]
+    # A seed's config differs from the study's in the seed only; seed 0 is the study's config itself.
+    config = omniview_config.get_config("tiny")
+    assert tuning.seeded(config, 0) is config
+    other = tuning.seeded(config, 2)
+    assert other.seed == config.seed + 2 and {**other.to_dict(), "seed": config.seed} == config.to_dict()
+    assert [tuning.training_name("ovt", k) for k in (0, 1)] == ["tune_ovt", "tune_ovt_seed1"]
 
 
 def test_report_files(tmp_path):

@@ -69,6 +69,10 @@ def test_pixel_gates_measure_each_kind_from_its_own_and_from_the_canonical_views
     assert set(got["pixel_1nn"]) == {*multiview.VIEW_KINDS, "viewpoint_ood"}
     ood = [name for name in multiview.VIEW_KINDS if name != "canonical"]
     assert got["pixel_1nn"]["viewpoint_ood"] == pytest.approx(np.mean([got["pixel_1nn"][k] for k in ood]))
+    # The headline's kinds only: 'below' (1.0) and one other kind, pooled.
+    two = gates.pixel_gates(data, ("below", "rolled"))
+    assert two["pixel_1nn_count"]["viewpoint_ood"] == 12
+    assert two["pixel_1nn"]["viewpoint_ood"] == pytest.approx((1.0 + got["pixel_1nn"]["rolled"]) / 2)
 
 
 def test_probe_gates_train_on_the_training_objects_and_test_on_the_held_out_ones():
@@ -88,6 +92,10 @@ def test_probe_gates_train_on_the_training_objects_and_test_on_the_held_out_ones
     # Noise views: fitted on the training objects, the probe cannot name the held-out ones (fitted on the held-out
     # ones themselves, 6 points in 6 dimensions, it would name them all).
     assert max(got["linear_probe"][kind] for kind in ("above", "behind", "rolled")) < 0.9
+    # Pooled over the headline's kinds only: 'below' alone is what the probe on 'below' measures.
+    below_only = gates.probe_gates(data, embed, headline_view_kinds=("below",))
+    assert below_only["linear_probe"]["viewpoint_ood"] == 1.0
+    assert below_only["linear_probe_count"]["viewpoint_ood"] == 6
 
 
 def test_tuning_loss_gates_average_the_first_and_the_last_epochs_rows():
@@ -98,3 +106,6 @@ def test_tuning_loss_gates_average_the_first_and_the_last_epochs_rows():
     assert got["itc_ratio"] == pytest.approx(got["itc_last"] / got["itc_first"])
     assert got["l_vi_first"] == pytest.approx(np.mean([0.35, 0.3]))
     assert "l_vi_first" not in gates.tuning_loss_gates([{"step": 50, "itc": 1.0}], 100, 100)
+    floored = [{**row, "itc_floor": 0.5} for row in history]
+    got = gates.tuning_loss_gates(floored, epoch_steps=100, num_steps=300)
+    assert got["itc_reducible_ratio"] == pytest.approx((got["itc_last"] - 0.5) / (got["itc_first"] - 0.5))

@@ -10,7 +10,7 @@ import scipy.ndimage
 from robust_jax.configs import omniview as omniview_config
 from robust_jax.core.checks import ConfigError
 from robust_jax.data import multiview
-from robust_jax.omniview import captions, study
+from robust_jax.omniview import captions, study, tuning_data
 from robust_jax.omniview import pretrain
 
 
@@ -100,6 +100,23 @@ def test_augment_rotation_is_the_documented_draw_against_scipy(key):
         np.testing.assert_allclose(result, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("targets", ["same_caption", "diagonal"])
+def test_contrastive_floor_is_the_loss_of_a_model_that_tells_apart_every_distinct_caption(targets):
+    # Captions 0,0,0,1,1,2 (copies 3,3,3,2,2,1): the floor is (3 log 3 + 2 log 2) / 6. Each image embeds as its
+    # caption's text does and the temperature is high, so every image picks its caption's copies and nothing else:
+    # the loss reaches the floor and no lower.
+    caption_B = np.array([0, 0, 0, 1, 1, 2])
+    token_ids = jnp.asarray(np.stack([[2, 3 + c, 9] for c in caption_B]), jnp.int32)
+    floor = float(pretrain.contrastive_floor(token_ids))
+    assert floor == pytest.approx((3 * np.log(3) + 2 * np.log(2)) / 6, rel=1e-6)
+    text = jnp.asarray(np.eye(4)[caption_B], jnp.float32)
+    loss, _ = pretrain.contrastive_loss(text, text, jnp.log(1e4), token_ids, targets=targets,
+                                        clamp_logit_scale=False)
+    assert float(loss) == pytest.approx(floor, abs=1e-4)
+    noisy = text + 0.3 * jax.random.normal(jax.random.key(0), text.shape)  # images that mix captions up: above it
+    assert float(pretrain.contrastive_loss(noisy, text, jnp.log(10.0), token_ids, targets=targets)[0]) > floor + 0.05
+
+
 def test_training_rows_exclude_heldout_objects_and_ood_views(tmp_path):
     data = multiview.make_multiview_dataset(3, 8, 16, seed=0, cache_dir=tmp_path)
     rows = pretrain.training_rows(data)
@@ -120,12 +137,58 @@ def test_caption_table_covers_every_category_and_colour():
     assert (table != 1).all()  # no unknown words in training captions
 
 
+def test_category_free_captions_follow_the_table_and_name_no_category(tmp_path):
+    names, colours = multiview.category_names(), multiview.COLOUR_NAMES
+    tokenizer = captions.build_tokenizer(names, colours, context_length=16, generic=True)
+    table = captions.caption_token_table(tokenizer, names, colours, generic=True)
+    assert table.shape[0] == (len(names) + 1) * len(colours)
+    row = captions.generic_caption_index(np.array([colours.index("red")]), len(names), len(colours))[0]
+    assert row == len(names) * len(colours) + colours.index("red")
+    np.testing.assert_array_equal(table[row, 0], tokenizer("a photo of a red object")[0])
+    np.testing.assert_array_equal(table[row, len(captions.TRAIN_TEMPLATES)], tokenizer("a photo of a object")[0])
+    np.testing.assert_array_equal(table[:len(names) * len(colours)],  # the category rows are the plain table's
+                                  captions.caption_token_table(tokenizer, names, colours))
+    # The tuning set: round(fraction * n) of the training objects' OOD views, and only those, lose their category.
+    data = multiview.make_multiview_dataset(3, 8, 16, seed=0, cache_dir=tmp_path)
+    kinds = ("below", "above", "behind", "rolled")
+    plain = tuning_data.procedural_tuning_data(data, kinds, table)
+    mixed = tuning_data.procedural_tuning_data(data, kinds, table, category_free_fraction=0.5, seed=3)
+    rows = np.flatnonzero(~data["heldout"])  # the multi-view pairs: every view of the training objects
+    np.testing.assert_array_equal(mixed.multiview["image"], data["image"][rows])
+    changed = mixed.multiview["caption_index"] != plain.multiview["caption_index"]
+    ood = data["view_split"][rows] == multiview.VIEWPOINT_OOD
+    assert changed.sum() == round(0.5 * ood.sum()) and not changed[~ood].any()
+    np.testing.assert_array_equal(mixed.multiview["caption_index"][changed],
+                                  len(names) * len(colours) + data["colour"][rows][changed])
+    np.testing.assert_array_equal(mixed.image_text["caption_index"], plain.image_text["caption_index"])
+    again = tuning_data.procedural_tuning_data(data, kinds, table, category_free_fraction=0.5, seed=3)
+    np.testing.assert_array_equal(again.multiview["caption_index"], mixed.multiview["caption_index"])
+    with pytest.raises(ValueError, match="category-free rows"):
+        tuning_data.procedural_tuning_data(data, kinds, table[:len(names) * len(colours)], 0.5)
+
+
+def test_the_ceiling_trains_as_many_epochs_as_the_base_unless_told():
+    config = omniview_config.get_config("cpu")  # 8 of 16 views canonical: twice the rows, twice the steps
+    assert config.canonical_fraction * config.views_per_object == 8
+    tokenizer = pretrain.build_tokenizer(config)
+    assert pretrain.pretrain_training(config, None, tokenizer, every_view=True).loop.num_steps == \
+        2 * config.pretrain_num_steps
+    assert pretrain.pretrain_training(config, None, tokenizer).loop.num_steps == config.pretrain_num_steps
+    config.ceiling_num_steps = 700
+    assert pretrain.pretrain_training(config, None, tokenizer, every_view=True).loop.num_steps == 700
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("patch_size", 5, r"config\.image_size=16 .*divisible by config\.patch_size \(5\)"),
     ("heldout_fraction", 0.0, r"config\.heldout_fraction=0\.0 .*> 0"),
     ("pretrain_warmup_steps", 10_000, r"config\.pretrain_warmup_steps=10000 .*config\.pretrain_num_steps"),
     ("vision_heads", 7, r"config\.vision_width=32 .*divisible by config\.vision_heads"),
     ("pretrain_rotation_degrees", 200.0, r"config\.pretrain_rotation_degrees=200\.0 .*180"),
+    ("ceiling_num_steps", -1, r"config\.ceiling_num_steps=-1 .*>= 0"),
+    ("ceiling_num_steps", 1, r"config\.ceiling_num_steps=1 .*> config\.pretrain_warmup_steps \(1\)"),
+    ("category_free_fraction", 1.5, r"config\.category_free_fraction=1\.5 .*<= 1"),
+    ("headline_view_kinds", ("rolled", "canonical"), r"config\.headline_view_kinds\[1\]='canonical' .*one of"),
+    ("headline_view_kinds", (), r"config\.headline_view_kinds=\(\) .*at least one"),
 ])
 def test_bad_pretrain_config_is_refused(field, value, message):
     config = omniview_config.get_config("tiny")

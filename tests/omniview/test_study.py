@@ -46,6 +46,8 @@ def _tiny(**changes):
     (dict(base_source="scratch"), r"config\.base_source='scratch' .*one of"),
     (dict(lr_schedule_unit="batch"), r"config\.lr_schedule_unit='batch' .*one of \['step', 'epoch'\]"),
     (dict(itc_targets="caption"), r"config\.itc_targets='caption' .*one of \['same_caption', 'diagonal'\]"),
+    (dict(tuning_seeds=0), r"config\.tuning_seeds=0 .*>= 1"),
+    (dict(lora_targets="mlp"), r"config\.lora_targets='mlp' .*one of \['qkv', 'blocks'\]"),
 ])
 def test_bad_tuning_config_is_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -138,10 +140,18 @@ def test_tiny_preset_end_to_end(tmp_path, one_device):
     """The tiny preset with one variant of each kind of tuning: hard-view alignment (ovt), none (itc_only), random
     views, every weight (full_ft); the results layout, the table files, load_run. lora_only and viformer_only run the
     ovt path with fewer trainable leaves (tests/omniview/test_tuning.py checks which)."""
-    config = _tiny(data_cache_dir=str(tmp_path / "cache"), variants=("ovt", "itc_only", "random_views", "full_ft"))
+    config = _tiny(data_cache_dir=str(tmp_path / "cache"), variants=("ovt", "itc_only", "random_views", "full_ft"),
+                   tuning_seeds=2, category_free_fraction=0.5)
     workdir = tmp_path / "run"
     metrics = run_study(config, str(workdir), mesh=one_device)["metrics"]
     models = {"base", *config.variants}
+    # Two tuning seeds: each variant's accuracies are the mean of its two runs', which differ.
+    per_seed = metrics["zero_shot_top1_per_seed"]
+    assert set(per_seed) == set(config.variants) and all(len(runs) == 2 for runs in per_seed.values())
+    for name, runs in per_seed.items():
+        for split, value in metrics["zero_shot_top1"][name].items():
+            assert value == pytest.approx((runs[0][split] + runs[1][split]) / 2)
+    assert any(runs[0] != runs[1] for runs in per_seed.values())
     splits = {"canonical", "viewpoint_ood", "corrupted", "ood_below", "ood_above", "ood_behind", "ood_rolled"}
     assert set(metrics["zero_shot_top1"]) == models
     for model in models:
@@ -179,16 +189,16 @@ def test_tiny_preset_end_to_end(tmp_path, one_device):
     assert set(gates["linear_probe"]) == {"below", "above", "behind", "rolled", "viewpoint_ood"}
     assert set(gates["ceiling"]) == set(metrics["zero_shot_top1"]["base"])
     assert gates["ceiling"] != metrics["zero_shot_top1"]["base"]
-    assert set(gates["tuning_losses"]) == set(config.variants)
-    assert set(gates["tuning_losses"]["ovt"]) == {"itc_first", "itc_last", "itc_ratio", "l_vi_first", "l_vi_last",
-                                                  "l_vi_ratio"}
-    assert set(gates["tuning_losses"]["itc_only"]) == {"itc_first", "itc_last", "itc_ratio"}
+    assert set(gates["tuning_losses"]) == {*config.variants, *(f"{name}_seed1" for name in config.variants)}
+    itc = {"itc_first", "itc_last", "itc_ratio", "itc_floor_first", "itc_floor_last", "itc_reducible_ratio"}
+    assert set(gates["tuning_losses"]["ovt"]) == {*itc, "l_vi_first", "l_vi_last", "l_vi_ratio"}
+    assert set(gates["tuning_losses"]["itc_only"]) == itc
     # The report's gate rules (experiments/paper_figures.toml) read figures this run has.
     paths = [entry[key] for entry in reproduce.load_figures()["figure"] if entry["study"] == "omniview"
              for key in ("metric", "minus") if key in entry]
     assert len(paths) == 7 and all(isinstance(reproduce.metric_at(metrics, path), float) for path in paths), paths
     run = robust_jax.load_run(str(workdir))
-    trainings = {"base", "ceiling", *(f"tune_{name}" for name in config.variants)}
+    trainings = {"base", "ceiling", *(f"tune_{name}{seed}" for name in config.variants for seed in ("", "_seed1"))}
     assert set(run.model) == set(run.params) == set(run.history) == trainings
     assert run.history["tune_ovt"][-1]["step"] == config.num_steps
     assert run.metrics == metrics
@@ -198,8 +208,8 @@ def test_tiny_preset_end_to_end(tmp_path, one_device):
 def test_a_briefly_pretrained_base_recognises_held_out_objects_and_loses_on_unseen_views(tmp_path, one_device):
     """8 objects per category (48 held out, 192 canonical and 192 viewpoint-OOD test images), a 2-layer 64-wide
     ViT pre-trained 600 steps on canonical views: zero-shot top-1 on held-out objects' canonical views far above
-    chance (1/24 = 0.042; measured 0.28) and 0.06 or more above the viewpoint-OOD views' (measured 0.13), as the
-    paper finds for CLIP; image and caption paired at random, it stays near chance."""
+    chance (1/24 = 0.042; measured 0.23) and 0.06 or more above the viewpoint-OOD views' (below, above and rolled;
+    measured 0.08), as the paper finds for CLIP; image and caption paired at random, it stays near chance."""
     config = _tiny(variants=("ovt",), num_objects_per_category=8, vision_width=64, vision_layers=2, text_width=64,
                    embed_dim=32, pretrain_num_steps=600, pretrain_warmup_steps=40, checkpoint_every=1000)
     top1 = run_study(config, str(tmp_path), mesh=one_device)["metrics"]["zero_shot_top1"]["base"]
@@ -212,10 +222,12 @@ def test_sigkill_inside_epochs_and_at_their_boundary_then_rerun_is_bitwise_ident
     """A tuning run killed inside its first epoch, run again and killed right at the end of that epoch (before the
     next epoch's max step is kept: its targets are deleted, so the restart recomputes them from the restored
     parameters), run again and killed inside the last epoch, then run to the end: every training's state, logged
-    losses and results equal those of a run never killed (tests/sigkill.py). It tunes with the paper preset's
-    settings from the official code (the cosine stepped per epoch, the max step on augmented views, diagonal ITC
-    targets, the temperature unclamped)."""
+    losses and results equal those of a run never killed (tests/sigkill.py); with two tuning seeds, the second
+    seed's run is killed too. It tunes with the official code's settings (the cosine stepped per epoch, the max step
+    on augmented views, diagonal ITC targets, the temperature unclamped) and the cpu preset's category-free
+    captions and LoRA on every vision-block kernel."""
     overrides = ["--config.variants=('ovt',)", "--config.num_steps=24", "--config.steps_per_epoch=8",
+                 "--config.tuning_seeds=2",
                  "--config.checkpoint_every=3", f"--config.data_cache_dir={tmp_path / 'cache'}",
                  # the official code's tuning settings, the paper preset's: resumed like the rest
                  "--config.lr_schedule_unit=epoch", "--config.max_step_augment=True", "--config.itc_targets=diagonal",
@@ -236,9 +248,10 @@ def test_sigkill_inside_epochs_and_at_their_boundary_then_rerun_is_bitwise_ident
     if next_targets.exists():
         next_targets.unlink()
     sigkill.kill_inside(args, killed, "tune_ovt", first=17, last=24)
+    sigkill.kill_inside(args, killed, "tune_ovt_seed1", first=3, last=24)  # the second tuning seed's run
     sigkill.run(args, killed)
     config = load_config("omniview:tiny", [tuple(arg[len("--config."):].split("=", 1)) for arg in overrides])
-    assert sigkill.compare_runs(config, whole, killed) == ["base", "ceiling", "tune_ovt"]
+    assert sigkill.compare_runs(config, whole, killed) == ["base", "ceiling", "tune_ovt", "tune_ovt_seed1"]
     for epoch in range(3):
         name = f"epoch_{epoch:04d}.safetensors"
         assert (whole / "tune_ovt" / "alignment" / name).read_bytes() == \
