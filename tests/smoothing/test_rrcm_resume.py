@@ -112,19 +112,16 @@ def test_sigkill_mid_pretraining_then_rerun_is_bitwise_identical(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_fine_tuning_and_mid_denoised_stages_then_rerun_is_bitwise_identical(tmp_path):
-    """The same for a kill inside the rRCM fine-tuning, and for one run killed in turn inside each of the denoised
-    methods' stages (the denoiser, the clean classifier, the fine-tuning on denoised images) before it ends."""
+    """The same for one run killed in turn inside each of the denoised methods' stages (the denoiser, the clean
+    classifier, the fine-tuning on denoised images) and then inside the rRCM fine-tuning, before it ends."""
     args = [ARGS[0], "--config.methods=('denoised','denoised_finetuned','rrcm')", "--config.rrcm.finetune_steps=40",
             "--config.denoised.denoiser_steps=40", "--config.denoised.classifier_steps=40",
             "--config.denoised.finetune_steps=40", *ARGS[2:]]
     sigkill.run(args, tmp_path / "whole")
-    sigkill.kill_inside(args, tmp_path / "killed", "rrcm/sigma=0.5", first=5, last=40)
+    for training in ("denoised/denoiser", "denoised/classifier", "denoised_finetuned/sigma=0.5", "rrcm/sigma=0.5"):
+        sigkill.kill_inside(args, tmp_path / "killed", training, first=5, last=40)
     sigkill.run(args, tmp_path / "killed")
-    sigkill.compare_runs(_config(args), tmp_path / "whole", tmp_path / "killed")
-    for training in ("denoised/denoiser", "denoised/classifier", "denoised_finetuned/sigma=0.5"):
-        sigkill.kill_inside(args, tmp_path / "killed_denoised", training, first=5, last=40)
-    sigkill.run(args, tmp_path / "killed_denoised")
-    trainings = sigkill.compare_runs(_config(args), tmp_path / "whole", tmp_path / "killed_denoised")
+    trainings = sigkill.compare_runs(_config(args), tmp_path / "whole", tmp_path / "killed")
     assert trainings == ["denoised/denoiser", "denoised/classifier", "denoised_finetuned/sigma=0.5",
                          "rrcm/pretrain", "rrcm/sigma=0.5"]
 
