@@ -348,10 +348,9 @@ def _duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-# Minutes each study's cpu preset took in `make reproduce` on a fresh clone on the project's 2-core CPU (2026-12-07,
-# 30 min of studies; omniview's run alone on 2026-12-08, with two tuning seeds and the ceiling gate's pre-training).
-# They weight the ETA: the studies left, scaled by how fast this machine ran the ones done so far.
-CPU_PRESET_MINUTES = {"digits": 0.5, "icl": 7.0, "smoothing": 7.3, "sde": 10.8, "omniview": 19.0}
+# Minutes each study's cpu preset took in `make reproduce` on a fresh clone on the project's 2-core CPU (2026-12-08,
+# 40 min of studies). They weight the ETA: the studies left, scaled by how fast this machine ran the ones done so far.
+CPU_PRESET_MINUTES = {"digits": 0.3, "icl": 4.7, "smoothing": 4.9, "sde": 9.8, "omniview": 20.2}
 
 
 def estimate_eta(left: list[str], run_seconds: dict[str, float], preset: str) -> str:
