@@ -11,7 +11,8 @@ every run and reported before any claim (results.json metrics["gates"], and the 
   linear_probe[kind]     a multinomial logistic regression on the frozen base's unit-norm image embeddings, trained
                          on the training objects' views of a kind, tested on the held-out objects' views of that
                          kind: what the base's features already separate (a tuning that only re-weights them can at
-                         best reach about this). "viewpoint_ood": trained and tested on the headline's OOD kinds together.
+                         best reach about this). "viewpoint_ood": trained and tested on the headline's OOD kinds
+                         together.
   ceiling                zero-shot top-1 of the same CLIP pre-trained on every view of the training objects
                          (config.ceiling; the study adds it): what this architecture and budget reach on the
                          held-out objects' OOD views when it has seen such views.

@@ -109,7 +109,7 @@ def contrastive_loss(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array, log_logi
     scale = jnp.exp(jnp.minimum(log_logit_scale, MAX_LOG_LOGIT_SCALE) if clamp_logit_scale else log_logit_scale)
     logits_BxB = scale * image_BxE @ text_BxE.T
     if targets == "same_caption":
-        positive_BxB = jnp.all(token_ids_BxL[:, None, :] == token_ids_BxL[None, :, :], axis=-1)
+        positive_BxB = same_caption_mask(token_ids_BxL)
     elif targets == "diagonal":
         positive_BxB = jnp.eye(logits_BxB.shape[0], dtype=bool)
     else:
@@ -121,11 +121,16 @@ def contrastive_loss(image_emb_BxE: jax.Array, text_emb_BxE: jax.Array, log_logi
     return 0.5 * (loss_i2t + loss_t2i), hit.mean()
 
 
+def same_caption_mask(token_ids_BxL: jax.Array) -> jax.Array:
+    """(B, B) bool: captions i and j are identical token for token."""
+    return jnp.all(token_ids_BxL[:, None, :] == token_ids_BxL[None, :, :], axis=-1)
+
+
 def contrastive_floor(token_ids_BxL: jax.Array) -> jax.Array:
     """The lowest value `contrastive_loss` can take on a batch with these captions, under either target rule: the
     mean over captions of log(its copies in the batch, itself included). Identical captions have one text embedding,
     so no image can tell them apart: each of k copies gets at most 1/k of the probability."""
-    copies_B = jnp.sum(jnp.all(token_ids_BxL[:, None, :] == token_ids_BxL[None, :, :], axis=-1), axis=1)
+    copies_B = jnp.sum(same_caption_mask(token_ids_BxL), axis=1)
     return jnp.mean(jnp.log(copies_B.astype(jnp.float32)))
 
 

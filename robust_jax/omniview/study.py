@@ -254,13 +254,12 @@ def trainings(config: ml_collections.ConfigDict, workdir: str, data: dict):
     else:
         base = base_model.load_base(config)
     tuning_set = _tuning_data(config, data, base)
-    for offset in range(config.tuning_seeds):
+    for offset, name in tuning.tuning_runs(config):
         seed_config = tuning.seeded(config, offset)
-        for name in config.variants:
-            setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, seed_config,
-                                         tuning_set.caption_tokens_KxVxL,
-                                         tuning.steps_per_epoch(tuning_set.num_multiview_rows, seed_config))
-            yield tuning.variant_training(setup, tuning.training_name(name, offset), base, tuning_set, seed_config)
+        setup = tuning.setup_variant(tuning.VARIANTS[name], base.model, base.variables, seed_config,
+                                     tuning_set.caption_tokens_KxVxL,
+                                     tuning.steps_per_epoch(tuning_set.num_multiview_rows, seed_config))
+        yield tuning.variant_training(setup, tuning.training_name(name, offset), base, tuning_set, seed_config)
 
 
 def _clip_encoders(model: clip_lib.CLIP) -> tuple:
@@ -276,11 +275,10 @@ def _gates(config: ml_collections.ConfigDict, workdir: str, data: dict, base, ep
     embed = lambda images: zero_shot.image_embeddings(lambda x: encode_image(normalise_images(x)), images,  # noqa: E731
                                                       config.eval_batch_size)
     losses = {}
-    for offset in range(config.tuning_seeds):
-        for name in config.variants:
-            run_name = tuning.training_name(name, offset)
-            losses[run_name.removeprefix("tune_")] = gates_lib.tuning_loss_gates(
-                read_history(os.path.join(workdir, run_name, "metrics.jsonl")), epoch_steps, config.num_steps)
+    for offset, name in tuning.tuning_runs(config):
+        run_name = tuning.training_name(name, offset)
+        losses[run_name.removeprefix("tune_")] = gates_lib.tuning_loss_gates(
+            read_history(os.path.join(workdir, run_name, "metrics.jsonl")), epoch_steps, config.num_steps)
     kinds = tuple(config.headline_view_kinds)
     return {**gates_lib.pixel_gates(data, kinds), **gates_lib.probe_gates(data, embed, config.seed, kinds),
             "tuning_losses": losses}
@@ -333,10 +331,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, mesh: Mesh | None = 
         seed_reports = []
         for offset in range(config.tuning_seeds):
             training, result = trained[tuning.training_name(name, offset)]
-            params = result.state.params
-            trainable[name] = _num_trainable(params)
             seed_reports.append(evaluate(training.setup.tuned.encode_image, training.setup.tuned.encode_text,
-                                         tuning.with_base(training.setup, params)))
+                                         tuning.with_base(training.setup, result.state.params)))
+        trainable[name] = _num_trainable(result.state.params)  # every seed trains the same tree
         reports[name] = _mean_over_seeds(seed_reports)
         per_seed[name] = [r["zero_shot_top1"] for r in seed_reports]
         lap(f"evaluate_{name}_s")

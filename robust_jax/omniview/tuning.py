@@ -418,6 +418,12 @@ def training_name(variant: str, offset: int) -> str:
     return f"tune_{variant}" if offset == 0 else f"tune_{variant}_seed{offset}"
 
 
+def tuning_runs(config: ml_collections.ConfigDict) -> list[tuple[int, str]]:
+    """(seed offset, variant) of every tuning the study runs, in the order it runs them: every variant with seed
+    offset 0, then with 1, ..."""
+    return [(offset, name) for offset in range(config.tuning_seeds) for name in config.variants]
+
+
 def tune(training: VariantTraining, workdir: str, config: ml_collections.ConfigDict | None = None, *,
          mesh: Mesh | None = None) -> TrainResult:
     """Trains (or resumes) one variant in `workdir/<training.name>`, epoch by epoch: at each epoch's start the max

@@ -2,7 +2,8 @@
 
 The CLIP backbone (both towers) stays frozen. Trained are: the VIFormer, LoRA adapters (rank 8, alpha 8) on the
 fused q|k|v projection (`in_proj`) of every vision attention block (lora_targets='qkv', the official code's; 'blocks':
-every dense kernel of the vision blocks), and a new logit_scale initialised at log(1 / 0.07). The tree is {'viformer': {'params': ...}, 'lora': <robust_jax.models.lora tree>, 'logit_scale': ()}.
+every dense kernel of the vision blocks), and a new logit_scale initialised at log(1 / 0.07). The tree is
+{'viformer': {'params': ...}, 'lora': <robust_jax.models.lora tree>, 'logit_scale': ()}.
 """
 
 from __future__ import annotations
