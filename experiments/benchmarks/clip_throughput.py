@@ -122,7 +122,7 @@ def ours(args) -> dict[str, float]:
     rng = np.random.default_rng(0)
     size = config.vision.image_size
     images = jnp.asarray(rng.normal(size=(args.forward_batch, size, size, 3)).astype(np.float32))
-    encode_image, _ = clip_lib.jit_encoders(model)
+    encode_image, _ = clip_lib.jit_encoders(model, streams=args.streams or None)
 
     def forward(n):
         out = None
@@ -131,6 +131,8 @@ def ours(args) -> dict[str, float]:
         jax.block_until_ready(out)
 
     rates = {"forward_images_per_s": _timed(forward, args.seconds, args.repeats, args.forward_batch)}
+    if args.forward_only:
+        return rates
 
     optimizer = optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     train_images = jnp.asarray(rng.normal(size=(args.train_batch, size, size, 3)).astype(np.float32))
@@ -193,6 +195,8 @@ def reference(args) -> dict[str, float]:
                 model.get_image_features(pixel_values=images)
 
     rates = {"forward_images_per_s": _timed(forward, args.seconds, args.repeats, args.forward_batch)}
+    if args.forward_only:
+        return rates
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     train_images = torch.randn(args.train_batch, 3, size, size)
@@ -219,12 +223,18 @@ def parse_args(argv=None):
     parser.add_argument("--train_batch", type=int, default=TRAIN_BATCH)
     parser.add_argument("--seconds", type=float, default=20.0, help="minimum length of one timed run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--forward_only", action="store_true", help="time the forward only, not the train step")
+    parser.add_argument("--streams", type=int, default=0,
+                        help="ours: shares of the forward batch run at once, one single-threaded program each "
+                             "(robust_jax.core.streams); 1 = one program with XLA's threads; 0 = the default, one "
+                             "per core on one CPU device")
     parser.add_argument("--with_torch_reference", action="store_true",
                         help="also time HF's torch CLIPModel (2 threads), alternating processes with ours")
     alternate.add_side_flags(parser)
     args = parser.parse_args(argv)
-    if min(args.forward_batch, args.train_batch, args.repeats, args.pairs) < 1 or args.seconds < 0:
-        parser.error("--forward_batch, --train_batch, --repeats and --pairs must be >= 1 and --seconds >= 0")
+    if min(args.forward_batch, args.train_batch, args.repeats, args.pairs) < 1 or args.seconds < 0 or args.streams < 0:
+        parser.error("--forward_batch, --train_batch, --repeats and --pairs must be >= 1, --seconds and --streams "
+                     ">= 0")
     return args
 
 
@@ -236,7 +246,8 @@ def main(argv=None):
                "train_batch": args.train_batch}
     if args.with_torch_reference:
         forwarded = [f"--model={args.model}", f"--forward_batch={args.forward_batch}",
-                     f"--train_batch={args.train_batch}", f"--seconds={args.seconds}", f"--repeats={args.repeats}"]
+                     f"--train_batch={args.train_batch}", f"--seconds={args.seconds}", f"--repeats={args.repeats}",
+                     f"--streams={args.streams}"] + (["--forward_only"] if args.forward_only else [])
         comparison = alternate.compare("experiments.benchmarks.clip_throughput", forwarded, args.pairs)
         details["comparison"] = comparison
         results = alternate.ours_with_ratios(comparison)
@@ -246,7 +257,7 @@ def main(argv=None):
             print(f"ours {name:22s} {value:.2f}", flush=True)
     if args.model == MODEL and (args.forward_batch, args.train_batch) == (FORWARD_BATCH, TRAIN_BATCH):
         details["vs_open_clip_reference_2_core_cpu"] = {
-            name: results[name] / value for name, value in OPEN_CLIP_REFERENCE.items()}
+            name: results[name] / value for name, value in OPEN_CLIP_REFERENCE.items() if name in results}
     details["load_average_after"] = os.getloadavg()
     print(json.dumps({"details": details}))
     print(json.dumps({"benchmark": "clip_throughput", "results": results}))

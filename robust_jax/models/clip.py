@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from robust_jax.core import checks
+from robust_jax.core import streams as streams_lib
 
 Dtype = Any
 
@@ -505,10 +506,16 @@ def check_token_ids(token_ids, config: CLIPTextConfig) -> None:
         raise ValueError(f"token_ids have dtype {token_ids.dtype}; expected an integer dtype")
 
 
-def jit_encoders(model: CLIP) -> tuple[Callable, Callable]:
-    """Jitted (encode_image(params, images_NHWC), encode_text(params, token_ids)); each compiles once per shape."""
-    encode_image = jax.jit(functools.partial(model.apply, method=CLIP.encode_image))
-    encode_text = jax.jit(functools.partial(model.apply, method=CLIP.encode_text))
+def jit_encoders(model: CLIP, streams: int | None = None) -> tuple[Callable, Callable]:
+    """Compiled (encode_image(params, images_NHWC), encode_text(params, token_ids)) -> numpy embeddings; each
+    compiles once per shape.
+
+    streams: shares of the batch run at once, each by a single-threaded program (`robust_jax.core.streams`); None
+    is one per core on one CPU device, else 1 (one program with XLA's threads). The embeddings equal one program's
+    up to float rounding (tests/core/test_streams.py).
+    """
+    encode_image = streams_lib.streamed(functools.partial(model.apply, method=CLIP.encode_image), streams)
+    encode_text = streams_lib.streamed(functools.partial(model.apply, method=CLIP.encode_text), streams)
     return encode_image, encode_text
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +37,7 @@ from jax.sharding import Mesh
 
 from robust_jax.core.mesh import batch_sharding, make_data_mesh, replicated
 from robust_jax.core import checks
+from robust_jax.core import streams as streams_lib
 
 
 def check_sampling_arguments(*, sigma, batch_size, num_classes=None, alpha=None, **sample_counts) -> dict:
@@ -99,19 +99,13 @@ def _class_votes(outputs, num_classes: int | None) -> tuple[jax.Array, int]:
 def counting_streams(mesh: Mesh) -> int:
     """How many single-threaded streams the counting step runs at once: on a mesh of one CPU device, one per core
     this process may use (ROBUST_JAX_COUNTING_STREAMS overrides it); on accelerators and multi-device meshes, 1 (the
-    batch is split over the devices instead).
+    batch is split over the devices instead). See robust_jax.core.streams.
 
     Why: XLA's multi-threaded CPU kernels keep two cores only about 75% busy on a network of small convolutions
     (certify_throughput's ResNet-110: 97 samples per CPU-second with two threads, about 135 on one thread), so each
     core runs its own share of the batch single-threaded instead.
     """
-    if mesh.devices.size != 1 or mesh.devices.flat[0].platform != "cpu":
-        return 1
-    override = os.environ.get("ROBUST_JAX_COUNTING_STREAMS", "")
-    if override:
-        return checks.check_int("ROBUST_JAX_COUNTING_STREAMS", int(override), minimum=1)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores)
+    return streams_lib.cpu_streams(mesh.devices, env="ROBUST_JAX_COUNTING_STREAMS")
 
 
 def _count_rows_fn(apply_fn, batch_size: int, rows_per_call: int, num_classes: int | None, rows_sharding=None,
@@ -157,7 +151,7 @@ class _StreamedCountingStep:
                            if self.rows_per_stream * s < batch_size]
         self.count_rows = jax.jit(
             _count_rows_fn(apply_fn, batch_size, self.rows_per_stream, num_classes),
-            compiler_options={"xla_cpu_multi_thread_eigen": False})
+            compiler_options=streams_lib.SINGLE_THREADED)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(self.first_rows))
 
     def __call__(self, params, x, key, batch_index, num_valid, sigma):
