@@ -66,12 +66,8 @@ KIND_FIELDS = {
 }
 
 _PRESET = flags.DEFINE_string("preset", "cpu", "Preset to run for every study")
-# Every study, then the rRCM comparison (configs/rrcm.py: the smoothing study with every method, judged against the
-# smoothing study's figures); other config files in robust_jax/configs can be named in --studies the same way.
-DEFAULT_STUDIES = (*STUDIES, "rrcm")
-_STUDIES = flags.DEFINE_list("studies", list(DEFAULT_STUDIES), "Studies to run (or other config files in "
-                                                               "robust_jax/configs, e.g. rrcm: judged against their "
-                                                               "study's figures)")
+_STUDIES = flags.DEFINE_list("studies", list(STUDIES), "Studies to run (or other config files in robust_jax/configs, "
+                                                       "e.g. rrcm: judged against their study's figures)")
 _WORKDIR_ROOT = flags.DEFINE_string("workdir_root", "workdirs", "Parent of the per-study workdirs")
 _OUT = flags.DEFINE_string("out", "results", "Where REPORT.md and the plots go")
 _BENCHMARKS = flags.DEFINE_string("benchmarks", None, "Folder of saved benchmark outputs (default <out>/benchmarks)")
@@ -354,7 +350,7 @@ def _duration(seconds: float) -> str:
 
 # Minutes each study's cpu preset took in `make reproduce` on a fresh clone on the project's 2-core CPU (2026-12-08,
 # 40 min of studies). They weight the ETA: the studies left, scaled by how fast this machine ran the ones done so far.
-CPU_PRESET_MINUTES = {"digits": 0.3, "icl": 4.7, "smoothing": 4.9, "sde": 9.8, "omniview": 20.2, "rrcm": 42.0}
+CPU_PRESET_MINUTES = {"digits": 0.3, "icl": 4.7, "smoothing": 4.9, "sde": 9.8, "omniview": 20.2}
 
 
 def estimate_eta(left: list[str], run_seconds: dict[str, float], preset: str) -> str:

@@ -33,7 +33,10 @@ xla_cpu_use_thunk_runtime (no longer supported); NCHW layout (slower convolution
 3x3 convolutions (4x4 input tiles transformed by fused elementwise work, the 16 per-tile-position products as one
 batched matmul, the 2x2 outputs transformed back; within 4e-6 of XLA's convolution), single-threaded on one core,
 one convolution + bias + residual + ReLU on 16 rows: 16 channels at 32x32 2,065 us against XLA's 1,368; 32 at 16x16
-855 against 523; 64 at 8x8 487 against 548 (the last stage alone, about a third of the network, would gain ~11%).
+855 against 523; 64 at 8x8 487 against 548 (the last stage alone, about a third of the network, would gain ~11%);
+the first stage on images packed in pairs (32 channels, a block-diagonal kernel: twice the multiply-adds at twice
+the width), single-threaded on one core of a 2-core Intel Xeon (2026-12-08), 18 blocks on 16 rows: 48.7-50.1 ms
+against 68.8-70.8 ms packed and 101 ms as a grouped convolution (feature_group_count 2), so slower there.
 XLA's convolution runs at 55 GFLOP/s on the 16-channel stage against ~140 on the others (one core): the first stage
 takes over half of the forward.
 

@@ -5,7 +5,9 @@
 Setting (issue 6): ViT-B/32 with random initialisation (`robust_jax.models.clip.get_config('ViT-B-32')`: OpenCLIP's
 ViT-B-32, GELU activations; image 224, patch 32, vision width 768 / 12 layers / 12 heads / MLP 3072, text context 77,
 vocabulary 49,408, width 512 / 12 layers / 8 heads / MLP 2048, embedding 512), float32.
-  forward: `encode_image` on a batch of `--forward_batch` (32) images of 224x224, no gradient.
+  forward: `encode_image` on a batch of `--forward_batch` (32) images of 224x224, no gradient
+           (`clip.jit_encoders`: on one CPU device, one single-threaded program per core on its share of the batch,
+           robust_jax.core.streams; `--streams 1` times one program with XLA's threads).
   train:   a full CLIP step at batch `--train_batch` (16): both towers (77 text tokens, end-of-text last), symmetric
            contrastive loss over exp(logit_scale) * cosine similarities, backward, AdamW (lr 5e-4, weight decay 0.1).
 Each is compiled and warmed up, then timed over `--repeats` runs of at least `--seconds` seconds; the median is
@@ -27,6 +29,9 @@ q/k/v projection (1,600 x 768 x 2,304) takes 45.8 ms (124 GFLOP/s), its attentio
 core (8.5 GFLOP per image: ~115 GFLOP/s, the matmul rate), and the GELU's erf form costs no more than QuickGELU
 (medians 13.9 against 13.5 images/s). The reference's forward (23.5 images/s on two cores) is ~100 GFLOP/s per core, so 1.2x
 it needs ~240 GFLOP/s from two cores: both at the single-thread matmul rate with nothing else left.
+On a 2-core Intel Xeon (2026-12-08, one process each, forward only): one program 34.9 images/s, two streams 36.7;
+against the reference in alternating processes 36.5 against 36.5 (1.00x): at ~155 GFLOP/s per core both sides run
+at the single-thread matmul rate, so fp32 has no 1.2x left to find there (experiments/benchmarks/README.md).
 The last line is {"benchmark": "clip_throughput", "results": {"forward_images_per_s": ..., "train_images_per_s": ...}}
 (with the reference also "forward_images_per_s_vs_torch" and "train_images_per_s_vs_torch").
 """

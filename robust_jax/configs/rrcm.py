@@ -9,8 +9,8 @@ Command:
 Presets:
   tiny      seconds; tests and Colab: every method a few steps, n = 200 on 9 test digits. Not meaningful.
   cpu       (default) digits, sigma in {0.25, 0.5}, n = 10,000 on every 3rd test digit (120); all methods but
-            denoised_finetuned. 15 min 19 s on an idle 2-core Intel Xeon (2026-12-08; about 2.8x that on
-            the 2-core AMD EPYC of 2026-12-07). Expected at sigma 0.25, r = 0.5 (120 digits: +-0.04 at 0.79):
+            denoised_finetuned. 15 min 19 s on an idle 2-core Intel Xeon (2026-12-08; the run of 2026-12-07
+            on a 2-core AMD EPYC, with the official fine-tuning, took 43 min 54 s). Expected at sigma 0.25, r = 0.5 (120 digits: +-0.04 at 0.79):
             gaussian_consistency 0.792, gaussian 0.742, denoised (DDS) 0.700, rrcm 0.683, rrcm_scratch 0.492;
             rrcm at 0.137 of denoised's FLOPs per noise sample.
   cifar10   for accelerators (not run): CIFAR-10 (--config.data_dir), sigma in {0.25, 0.5, 1.0}, n = 100,000 on
