@@ -156,16 +156,12 @@ def stream_agreement(apply_fn, params, images: np.ndarray, batch_size: int = BAT
     same class as one program on the whole batch with XLA's default threading."""
     import jax
 
+    from robust_jax.core.streams import StreamedApply
+
     whole = jax.jit(apply_fn)
-    share = -(-batch_size // streams)
-    single_threaded = jax.jit(apply_fn, compiler_options={"xla_cpu_multi_thread_eigen": False})
-
-    def in_shares(noisy):
-        padded = np.concatenate([noisy, np.repeat(noisy[-1:], share * streams - batch_size, 0)])
-        return np.concatenate([np.argmax(np.asarray(single_threaded(params, padded[s * share:(s + 1) * share])), -1)
-                               for s in range(streams)])[:batch_size]
-
-    agree, total, _ = _noisy_agreement(lambda noisy: np.argmax(np.asarray(whole(params, noisy)), -1), in_shares,
+    in_shares = StreamedApply(apply_fn, streams)
+    agree, total, _ = _noisy_agreement(lambda noisy: np.argmax(np.asarray(whole(params, noisy)), -1),
+                                       lambda noisy: np.argmax(in_shares(params, noisy), -1),
                                        images, batch_size, np.random.default_rng(seed))
     print(f"agreement of {streams} single-threaded shares with one program: {agree / total:.4f} "
           f"({total} noisy inputs)", flush=True)

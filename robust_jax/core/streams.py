@@ -26,7 +26,7 @@ import numpy as np
 
 from robust_jax.core import checks
 
-__all__ = ["SINGLE_THREADED", "StreamedApply", "cpu_streams", "streamed"]
+__all__ = ["SINGLE_THREADED", "StreamedApply", "cpu_streams"]
 
 # XLA compile option for one program per core.
 SINGLE_THREADED = {"xla_cpu_multi_thread_eigen": False}
@@ -51,11 +51,12 @@ class StreamedApply:
     `streams` single-threaded programs on consecutive equal shares of the rows (the last share padded with copies of
     the last row, so every share has one shape and the function compiles once per batch size). Returns numpy.
 
-    With streams = 1 it is fn jitted as usual (XLA's own threads); outputs are then fetched to numpy as well.
+    streams defaults to `cpu_streams()`. With streams = 1 it is fn jitted as usual (XLA's own threads); outputs are
+    then fetched to numpy as well.
     """
 
-    def __init__(self, fn: Callable, streams: int):
-        self.streams = checks.check_int("streams", streams, minimum=1)
+    def __init__(self, fn: Callable, streams: int | None = None):
+        self.streams = cpu_streams() if streams is None else checks.check_int("streams", streams, minimum=1)
         if self.streams == 1:
             self._jitted = jax.jit(fn)
             self._pool = None
@@ -78,8 +79,3 @@ class StreamedApply:
         parts = self._pool.map(lambda s: np.asarray(self._jitted(params, inputs[s * rows:(s + 1) * rows])),
                                range(shares))
         return np.concatenate(list(parts))[:batch]
-
-
-def streamed(fn: Callable, streams: int | None = None) -> StreamedApply:
-    """`StreamedApply(fn, streams)`, streams defaulting to `cpu_streams()`."""
-    return StreamedApply(fn, cpu_streams() if streams is None else streams)

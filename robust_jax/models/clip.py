@@ -514,8 +514,8 @@ def jit_encoders(model: CLIP, streams: int | None = None) -> tuple[Callable, Cal
     is one per core on one CPU device, else 1 (one program with XLA's threads). The embeddings equal one program's
     up to float rounding (tests/core/test_streams.py).
     """
-    encode_image = streams_lib.streamed(functools.partial(model.apply, method=CLIP.encode_image), streams)
-    encode_text = streams_lib.streamed(functools.partial(model.apply, method=CLIP.encode_text), streams)
+    encode_image = streams_lib.StreamedApply(functools.partial(model.apply, method=CLIP.encode_image), streams)
+    encode_text = streams_lib.StreamedApply(functools.partial(model.apply, method=CLIP.encode_text), streams)
     return encode_image, encode_text
 
 
